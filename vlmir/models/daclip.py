@@ -164,7 +164,7 @@ def normalize_state_dict(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
             raise ValueError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
+        out[k[len("module.") :] if k.startswith("module.") else k] = v
     alias = [k for k in out if k.startswith("visual.")]
     for k in alias:
         target = "clip." + k
@@ -188,10 +188,19 @@ def infer_clip_config(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     The official ``daclip_ViT-B-32`` infers to exactly ``open_clip.get_model_config("ViT-B-32")``.
     """
     sd = normalize_state_dict(sd)
-    need = ("clip.visual.conv1.weight", "clip.visual.positional_embedding", "clip.visual.proj", "clip.token_embedding.weight", "clip.positional_embedding", "clip.text_projection")
+    need = (
+        "clip.visual.conv1.weight",
+        "clip.visual.positional_embedding",
+        "clip.visual.proj",
+        "clip.token_embedding.weight",
+        "clip.positional_embedding",
+        "clip.text_projection",
+    )
     missing = [k for k in need if k not in sd]
     if missing:
-        raise ValueError(f"cannot infer a CLIP config: the state dict lacks {missing} (is it a DA-CLIP ViT checkpoint?)")
+        raise ValueError(
+            f"cannot infer a CLIP config: the state dict lacks {missing} (is it a DA-CLIP ViT checkpoint?)"
+        )
 
     def count_layers(prefix: str) -> int:
         pat = re.compile(re.escape(prefix) + r"(\d+)\.")
@@ -257,7 +266,7 @@ class ControlTransformer(nn.Module):
         The zero-linear outputs are only collected, never added into this stream (as the original).
         """
         hiddens: list[torch.Tensor] = []
-        for block, zero in zip(self.transformer.resblocks, self.zero_modules):
+        for block, zero in zip(self.transformer.resblocks, self.zero_modules, strict=True):
             x = block(x)
             hiddens.append(zero(x))  # (B, N, width)
         return x, hiddens
@@ -329,7 +338,9 @@ class DaCLIP(nn.Module):
         if not isinstance(visual, VisionTransformer):
             raise ValueError(f"DaCLIP needs a ViT image tower, the config builds {type(visual).__name__}")
         if visual.attn_pool is not None or visual.pool_type not in ("tok", "avg"):
-            raise ValueError(f"DaCLIP supports token/avg pooling without attentional pooling, got pool_type={visual.pool_type!r}")
+            raise ValueError(
+                f"DaCLIP supports token/avg pooling without attentional pooling, got pool_type={visual.pool_type!r}"
+            )
         if not getattr(visual.transformer, "batch_first", True):
             raise ValueError("DaCLIP expects open_clip's batch-first transformer (open_clip_torch >= 2.24)")
 
@@ -351,7 +362,9 @@ class DaCLIP(nn.Module):
         cfg = open_clip.get_model_config(name)
         if cfg is None:
             close = [n for n in open_clip.list_models() if n.lower().startswith(name.lower()[:4])][:8]
-            raise ValueError(f"unknown open_clip model {name!r}; e.g. {', '.join(close) or open_clip.list_models()[:8]}")
+            raise ValueError(
+                f"unknown open_clip model {name!r}; e.g. {', '.join(close) or open_clip.list_models()[:8]}"
+            )
         return cls(**_config_kwargs(cfg))
 
     def lock_clip(self) -> None:
@@ -499,6 +512,8 @@ class DaCLIP(nn.Module):
             device: where to put the model.
             local_dir: for registry names, a folder that may hold the hub file.
         """
+        if clip_config is not None:
+            _config_kwargs(clip_config)  # fail on a bad config before reading any weights
         path, config = _resolve_source(src, local_dir)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -531,7 +546,9 @@ def _config_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor arguments of an open_clip/DaCLIP config dict (metadata such as ``_class_name`` dropped)."""
     unknown = set(config) - {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "_class_name", "custom_text"}
     if unknown:
-        raise ValueError(f"unknown DaCLIP config keys {sorted(unknown)}; allowed: embed_dim, vision_cfg, text_cfg, quick_gelu")
+        raise ValueError(
+            f"unknown DaCLIP config keys {sorted(unknown)}; allowed: embed_dim, vision_cfg, text_cfg, quick_gelu"
+        )
     for k in ("embed_dim", "vision_cfg", "text_cfg"):
         if k not in config:
             raise ValueError(f"DaCLIP config lacks {k!r} (got keys {sorted(config)})")
@@ -604,7 +621,9 @@ class DaCLIPClassifier:
         device: where to run.
     """
 
-    def __init__(self, model: DaCLIP, *, name: str = "daclip", random_weights: bool = False, device: str | torch.device = "cpu"):
+    def __init__(
+        self, model: DaCLIP, *, name: str = "daclip", random_weights: bool = False, device: str | torch.device = "cpu"
+    ):
         self.model = model.eval().to(device)
         self.name = name
         self.random_weights = bool(random_weights)
@@ -612,7 +631,9 @@ class DaCLIPClassifier:
         self.labels: tuple[str, ...] = DEGRADATIONS
 
     @classmethod
-    def from_pretrained(cls, src: str | Path = "daclip", *, device: str | torch.device = "cpu", **kwargs: Any) -> DaCLIPClassifier:
+    def from_pretrained(
+        cls, src: str | Path = "daclip", *, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> DaCLIPClassifier:
         """Classifier over :meth:`DaCLIP.from_pretrained` ``(src, **kwargs)``."""
         name = src if isinstance(src, str) and src in PRETRAINED else "daclip"
         return cls(DaCLIP.from_pretrained(src, **kwargs), name=name, device=device)
@@ -623,4 +644,4 @@ class DaCLIPClassifier:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"x must be a float tensor (1, 3, H, W), got {getattr(x, 'shape', type(x))}")
         p = self.model.classify(self.model.preprocess(x.to(self.device, torch.float32)))[0]
-        return {label: float(v) for label, v in zip(self.labels, p.cpu())}
+        return {label: float(v) for label, v in zip(self.labels, p.cpu(), strict=True)}
