@@ -89,7 +89,9 @@ def parse_types(types: str | Sequence[str] | None) -> list[str]:
     elif isinstance(types, Sequence):
         items = list(types)
     else:
-        raise ValueError(f"types must be a name, a comma-separated string or a list of names, got {type(types).__name__}")
+        raise ValueError(
+            f"types must be a name, a comma-separated string or a list of names, got {type(types).__name__}"
+        )
     for t in items:
         if not isinstance(t, str) or t not in DEGRADATIONS:
             raise _unknown_type(t)
@@ -129,7 +131,9 @@ def _to_hwc(image: Any) -> tuple[np.ndarray, Any]:
         arr = image.detach()[0].permute(1, 2, 0).to("cpu").float().numpy()
         return np.ascontiguousarray(arr, dtype=np.float32), image
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a float32 (H, W, 3) numpy array or a (1, 3, H, W) tensor, got {type(image).__name__}")
+        raise ValueError(
+            f"image must be a float32 (H, W, 3) numpy array or a (1, 3, H, W) tensor, got {type(image).__name__}"
+        )
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.floating):

@@ -80,5 +80,5 @@ def apply(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarra
     refracted = gaussian_blur(refracted, defocus * r_mean)
     a3 = alpha[..., None]
     out = img * (1.0 - a3) + refracted * a3
-    out = out * (1.0 - 0.35 * dark[..., None]) + rim[..., None]
+    out = out * (1.0 - 0.22 * dark[..., None]) + rim[..., None]
     return finish(out)
