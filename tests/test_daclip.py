@@ -367,3 +367,22 @@ def test_parity_on_cuda(meta, io):
     for name, value in got.items():
         assert value.is_cuda
         assert _max_diff(value, io[name]) <= TOL, name
+
+
+@needs_fixture
+def test_convert_unet_kind(meta, tmp_path):
+    """``--kind unet`` goes through ConditionalUNet (vlmir.models.irsde_unet) and keeps every tensor."""
+    unet_mod = pytest.importorskip("vlmir.models.irsde_unet", reason="ConditionalUNet not present in this tree")
+    from safetensors.torch import load_file
+
+    from vlmir.commands import main
+
+    src = FIXTURE / "tiny_a_unet.safetensors"
+    out = tmp_path / "unet"
+    assert (
+        main(["convert", str(src), "--out", str(out), "--kind", "unet", "--config", json.dumps(meta["unet_cfg"])]) == 0
+    )
+    assert json.loads((out / "config.json").read_text())["nf"] == meta["unet_cfg"]["nf"]
+    ref, got = load_file(str(src)), load_file(str(out / "model.safetensors"))
+    assert set(ref) == set(got) and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert isinstance(unet_mod.ConditionalUNet.from_pretrained(out), torch.nn.Module)
