@@ -283,7 +283,11 @@ class VisibilityRater:
         pil = [_image_to_pil(x) for x in images]
         if not pil:
             raise ValueError("no images given")
-        inputs = self._inputs([self.prompt_text] * len(pil), pil, self.prefix_ids)
+        return self._level_logits([self.prompt_text] * len(pil), pil)
+
+    def _level_logits(self, texts: list[str], pil: list[Image.Image]) -> torch.Tensor:
+        """Level logits ``(B, L)`` for chat ``texts`` (one image each); texts of different lengths are left-padded."""
+        inputs = self._inputs(texts, pil, self.prefix_ids)
         if self.model_type not in _MROPE_MODEL_TYPES:
             # Left padding: positions count real tokens only, so a padded row equals the same row alone.
             mask = inputs["attention_mask"]
