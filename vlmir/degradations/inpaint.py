@@ -23,8 +23,18 @@ WIDTH_SCALE = (0.7, 0.85, 1.0, 1.15, 1.3)
 MAX_STROKES, MAX_BOXES = 8, 2
 
 
+RENDER_MIN_SIDE = 512  # masks of smaller images are drawn at this size and reduced, so widths stay relative
+
+
 def hole_mask(h: int, w: int, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean hole mask ``(h, w)`` (True = missing) for ``severity`` 1..5."""
+    """Boolean hole mask ``(h, w)`` (True = missing) for ``severity`` 1..5.
+
+    Small images get their mask drawn on a canvas whose shorter side is ``RENDER_MIN_SIDE`` and area-reduced
+    (threshold 0.5), so that brush widths are not rounded to whole pixels of the small image.
+    """
+    full_h, full_w = h, w
+    f = max(1.0, RENDER_MIN_SIDE / min(h, w))
+    h, w = int(round(h * f)), int(round(w * f))
     s = min(h, w)
     m = np.zeros((h, w), np.uint8)
     n_strokes, n_boxes = by_severity(N_STROKES, severity), by_severity(N_BOXES, severity)
@@ -49,6 +59,8 @@ def hole_mask(h: int, w: int, severity: int, rng: np.random.Generator) -> np.nda
             p0 = (int(round(x0 * w)), int(round(y0 * h)))
             p1 = (int(round((x0 + bw) * w)), int(round((y0 + bh) * h)))
             cv2.rectangle(m, p0, p1, 255, -1)
+    if (h, w) != (full_h, full_w):
+        return cv2.resize(m, (full_w, full_h), interpolation=cv2.INTER_AREA) >= 128
     return m > 0
 
 
