@@ -343,6 +343,30 @@ def test_preprocess_matches_torchvision_resize_crop_normalize():
         preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("size", [(300, 450), (40, 30)])
+def test_preprocess_exact_is_the_original_pil_transform(size):
+    """exact=True is the original's clip_transform (uint8 truncation, PIL bicubic); the fast path is close to it."""
+    from PIL import Image
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, *size)
+    original = Compose(
+        [
+            Resize(64, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(64),
+            ToTensor(),
+            Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
+    np_image = x[0].permute(1, 2, 0).numpy()
+    ref = original(Image.fromarray((np_image * 255).astype(np.uint8)))[None]
+    exact = preprocess(x, 64, exact=True)
+    assert _max_diff(exact, ref) < 1e-6
+    fast = preprocess(x, 64)
+    assert (fast - ref).abs().mean().item() < 3 / 255 / min(OPENAI_STD)
+
+
 @needs_fixture
 def test_classifier_contract(model):
     clf = DaCLIPClassifier(model, name="daclip-tiny", random_weights=True)

@@ -464,9 +464,9 @@ class DaCLIP(nn.Module):
         text = self.degradation_text_features(tokenizer)
         return (CLASSIFY_SCALE * degra @ text.t()).softmax(dim=-1)
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, x: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
         """:func:`preprocess` at this model's image size."""
-        return preprocess(x, self.image_size)
+        return preprocess(x, self.image_size, exact=exact)
 
     # -- weights ---------------------------------------------------------------------------------------------
 
@@ -580,17 +580,20 @@ def _resolve_source(src: str | Path, local_dir: str | Path | None) -> tuple[Path
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def preprocess(x: torch.Tensor, image_size: int = 224) -> torch.Tensor:
-    """The original's ``clip_transform`` on tensors: bicubic resize of the shortest side to ``image_size``,
-    centre crop to ``image_size`` x ``image_size``, OpenAI mean/std.
+def preprocess(x: torch.Tensor, image_size: int = 224, *, exact: bool = False) -> torch.Tensor:
+    """The original's ``clip_transform``: bicubic resize of the shortest side to ``image_size``, centre crop to
+    ``image_size`` x ``image_size``, OpenAI mean/std.
 
     Args:
         x: float (B, 3, H, W) RGB in [0, 1].
         image_size: output side (the model's ``image_size``).
+        exact: reproduce the original bit for bit: it converts the float image to uint8 by truncation
+            (``(img * 255).astype(np.uint8)``) and resizes the PIL image (torchvision ``Resize`` on PIL). Default
+            False: resize the float tensor on its device with PyTorch's antialiased bicubic (PIL's filter, a=-0.5,
+            without the 8-bit truncation) and clamp the overshoot to [0, 1]; differences are of the order of 1/255.
 
     Returns:
-        float (B, 3, image_size, image_size). The original resizes a uint8 PIL image; we resize the float tensor
-        with antialiasing (same filter; no 8-bit rounding) and clamp the bicubic overshoot to [0, 1].
+        float (B, 3, image_size, image_size) on ``x``'s device.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"x must be a float tensor (B, 3, H, W), got {getattr(x, 'shape', type(x))}")
@@ -599,11 +602,17 @@ def preprocess(x: torch.Tensor, image_size: int = 224) -> torch.Tensor:
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     h, w = x.shape[-2:]
-    scale = image_size / min(h, w)
     # torchvision's Resize(int): shorter side -> size, longer side int(size * long / short) (floors)
     new_h, new_w = (image_size, int(image_size * w / h)) if h <= w else (int(image_size * h / w), image_size)
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+    if exact:
+        import numpy as np
+        from PIL import Image
+
+        arrays = (x.detach().permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)  # truncation, as the original
+        resized = [np.asarray(Image.fromarray(a).resize((new_w, new_h), Image.BICUBIC)) for a in arrays]
+        x = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255.0
+    elif (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))
     x = x[..., top : top + image_size, left : left + image_size]
     mean = torch.tensor(OPENAI_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
