@@ -170,15 +170,20 @@ class VlmVisMetric:
     """VLM-Vis = (r - 1) / 4 from a vlmir rater (WResVLM); ``rater``: registry name, default the task's default."""
 
     def __init__(self, name: str = "vlm_vis", *, device: str = "cpu", rater: str | None = None, **_: Any):
-        from vlmir.registry import create_model, default_model
+        from vlmir.registry import create_model, default_model, list_models
 
         self.info = metric_info(name)
         self.name = name
         rater_name = rater or default_model("rater")
-        self._rater = create_model(rater_name, task="rater", device=device)
+        if rater_name in list_models(task="rater"):
+            self._rater = create_model(rater_name, task="rater", device=device)
+        else:
+            # a local transformers folder or a hub id: vlmir.vlm.rater.load_rater knows how to load those
+            from vlmir.vlm.rater import load_rater
+
+            self._rater = load_rater(rater_name, device=device)
         self.rater_name = rater_name
         self.random_weights = bool(getattr(self._rater, "random_weights", False))
-        self.version = f"vlmir-rater={rater_name};random={self.random_weights}"
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float]:

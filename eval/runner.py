@@ -120,20 +120,21 @@ def _score_images(metric_name: str, metric_factory: Callable[[], Any], version: 
     report.cached[metric_name] = report.cached.get(metric_name, 0) + n_cached
     if n_cached:
         _log(f"{metric_name}: {n_cached} score(s) from the cache", verbose)
-    if todo:
+    # group by image size (read from the header) so that batches stack; unreadable files drop out here, before
+    # any model is built
+    groups: dict[tuple, list[tuple[str, Item]]] = defaultdict(list)
+    for c, it in todo.items():
+        try:
+            size = image_size(it.path)
+            if info.mode == "FR":
+                size = (size, image_size(it.ref_path))
+        except (ValueError, OSError) as e:
+            bad.add(it.path)
+            report.problems.append(f"{it.method}/{it.category}/{it.image}: unreadable image ({e}); skipped")
+            continue
+        groups[size].append((c, it))
+    if groups:
         metric = metric_factory()
-        # group by image size (read from the header) so that batches stack
-        groups: dict[tuple, list[tuple[str, Item]]] = defaultdict(list)
-        for c, it in todo.items():
-            try:
-                size = image_size(it.path)
-                if info.mode == "FR":
-                    size = (size, image_size(it.ref_path))
-            except (ValueError, OSError) as e:
-                bad.add(it.path)
-                report.problems.append(f"{it.method}/{it.category}/{it.image}: unreadable image ({e}); skipped")
-                continue
-            groups[size].append((c, it))
         done, t0 = 0, time.perf_counter()
         for _, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
             for start in range(0, len(members), batch_size):
@@ -180,18 +181,35 @@ def _score_folders(metric_name: str, metric_factory: Callable[[], Any], version:
     if reference is None:
         report.problems.append(f"{metric_name} compares folders with the reference: give --reference; skipped")
         return []
+    from vlmir.io import image_size
+
+    from eval.dataset import IMAGE_EXTENSIONS
+
+    def readable(p: Path, label: str) -> bool:
+        if p in bad:
+            return False
+        try:
+            image_size(p)
+            return True
+        except (ValueError, OSError) as e:
+            bad.add(p)
+            report.problems.append(f"{label}: unreadable image ({e}); skipped")
+            return False
+
     ref_root = root / reference
     by_folder: dict[tuple[str, str], list[Item]] = defaultdict(list)
     for it in items:
-        if it.path not in bad:
+        if readable(it.path, f"{it.method}/{it.category}/{it.image}"):
             by_folder[(it.method, it.category)].append(it)
+    ref_files = {c.name: [p for p in sorted(c.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                          and readable(p, f"{reference}/{c.name}/{p.name}")]
+                 for c in sorted(ref_root.iterdir()) if c.is_dir()}
     metric = None
     records = []
     methods = sorted({m for m, _ in by_folder})
     for method in methods:
-        cats = sorted(c for m, c in by_folder if m == method and (ref_root / c).is_dir())
-        groups = [(c, [it.path for it in by_folder[(method, c)]], sorted(p for p in (ref_root / c).iterdir() if p.is_file()))
-                  for c in cats]
+        cats = sorted(c for m, c in by_folder if m == method and ref_files.get(c))
+        groups = [(c, [it.path for it in by_folder[(method, c)]], ref_files[c]) for c in cats]
         jobs = list(groups)
         if len(groups) > 1:
             jobs.append(("Overall", [p for _, ps, _ in groups for p in ps], [p for _, _, rs in groups for p in rs]))
@@ -225,11 +243,17 @@ def _metric_version(name: str, *, weights_dir, options, rater) -> str:
     import json
 
     if name == "vlm_vis":
-        from vlmir.registry import default_model, get_spec
+        from vlmir.registry import default_model, get_spec, list_models
 
         rater_name = rater or default_model("rater")
-        spec = get_spec(rater_name, task="rater")
-        return f"vlmir-rater={rater_name};source={spec.source};sha={json.dumps(spec.sha256, sort_keys=True)}"
+        if rater_name in list_models(task="rater"):
+            spec = get_spec(rater_name, task="rater")
+            return f"vlmir-rater={rater_name};source={spec.source};sha={json.dumps(spec.sha256, sort_keys=True)}"
+        p = Path(rater_name).expanduser()
+        if p.is_dir():
+            stamp = max((f.stat().st_mtime_ns for f in p.iterdir() if f.is_file()), default=0)
+            return f"vlmir-rater=path:{p.resolve()};mtime={stamp}"
+        return f"vlmir-rater=hub:{rater_name}"
     import pyiqa
 
     from eval.metrics import _weights_signature

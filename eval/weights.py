@@ -107,6 +107,7 @@ METRIC_WEIGHTS: dict[str, tuple[WeightFile, ...]] = {
     "ilniqe": (_pyiqa("ILNIQE_templateModel.mat"),),
     "nrqm": (_pyiqa("NRQM_model.mat"),),
     "pi": (_pyiqa("NRQM_model.mat"), _pyiqa("niqe_modelparameters.mat")),
+    "cnniqa": (_pyiqa("CNNIQA_koniq10k-e6f14c91.pth"),),
     # learned NR metrics of the WResVLM tables
     "nima": (_pyiqa("NIMA_InceptionV2_ava-b0c77c00.pth"),),  # backbone weights are inside this checkpoint
     "nima-koniq": (_pyiqa("NIMA_koniq-250367ae.pth"),),
