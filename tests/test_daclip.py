@@ -313,6 +313,12 @@ def test_offline_registry_name_fails_fast(monkeypatch, tmp_path):
     assert time.perf_counter() - t0 < 10
     msg = str(info.value)
     assert "weblzw/daclip-uir-ViT-B-32-irsde" in msg and "daclip_ViT-B-32.pt" in msg
+    from vlmir.models.daclip import availability
+
+    ok, reason = availability("daclip")
+    assert ok is False and "daclip_ViT-B-32.pt" in reason and "offline" in reason
+    with pytest.raises(ValueError, match="unknown DaCLIP weights"):
+        availability("nope")
 
 
 # ---------------------------------------------------------------------------------------------------------------

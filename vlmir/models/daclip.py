@@ -28,10 +28,12 @@ How the original computes (paper Sec. 3.1, Fig. 3), and how we match it exactly:
 - Degradation classification: softmax(100 * cos(degra_context, text(degradation name))) over the ten bare names
   (no prompt template), as the original demo.
 
-Deviations (none numerical): the original's default is ``encode_image(control=False)``; ours is ``control=True``
-(the restoration use). The original hard-codes ``.cuda()`` for the zero modules; ours follows ``.to(device)``.
+Deviations (none numerical in the model): the original's default is ``encode_image(control=False)``; ours is
+``control=True`` (the restoration use). The original hard-codes ``.cuda()`` for the zero modules; ours follows ``.to(device)``.
 Layer order relative to open_clip: 2.20 used LND with ``ln_post`` applied to the pooled token, open_clip 3.x uses NLD
 with ``ln_post`` before pooling; per-token LayerNorm makes both identical for ``pool_type="tok"``.
+Pre-processing: :func:`preprocess` with ``exact=True`` is the original's PIL ``clip_transform`` (uint8
+truncation, PIL bicubic); the default resizes the float tensor with PIL's bicubic kernel (mean difference ~0.5/255).
 Checkpoint layout: the original ``DaCLIP`` also registers ``self.visual = clip.visual``, so its state dicts hold
 every ``clip.visual.*`` tensor twice (``visual.*``). We do not keep that alias; the loader checks it equals
 ``clip.visual.*`` and drops it.
@@ -540,6 +542,16 @@ class DaCLIP(nn.Module):
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model": "daclip"})
         (out / CONFIG_NAME).write_text(json.dumps({"_class_name": "DaCLIP", **self.config}, indent=2) + "\n")
         return out
+
+
+def availability(name: str = "daclip") -> tuple[bool, str]:
+    """Registry ``ModelSpec.available`` for a :data:`PRETRAINED` name: whether its hub file is cached (or fetchable)."""
+    if name not in PRETRAINED:
+        raise ValueError(f"unknown DaCLIP weights {name!r}; known: {', '.join(PRETRAINED)}")
+    from vlmir.registry import hub_available
+
+    repo, filename, _ = PRETRAINED[name]
+    return hub_available(repo, filename)
 
 
 def _config_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
