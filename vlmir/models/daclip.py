@@ -41,7 +41,8 @@ every ``clip.visual.*`` tensor twice (``visual.*``). We do not keep that alias; 
 Example::
 
     >>> from vlmir.models.daclip import DaCLIP, preprocess
-    >>> m = DaCLIP.from_pretrained("daclip")                     # doctest: +SKIP  (hub file, cached or online)
+    >>> # the official weights: from the Hugging Face cache, or downloaded when online
+    >>> m = DaCLIP.from_pretrained("daclip")  # doctest: +SKIP
     >>> image_context, degra_context = m.encode_image(preprocess(x), control=True)  # doctest: +SKIP
 """
 
