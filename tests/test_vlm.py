@@ -134,7 +134,7 @@ def test_formula_on_the_papers_logits():
     for w, p in paper.items():
         assert out["probs"][w] == pytest.approx(p, rel=0.06)
     e = [math.exp(v) for v in (13.1, 16.2, 18.8, 12.6, 11.5)]
-    assert out["score"] == pytest.approx(sum(lv * ei / sum(e) for lv, ei in zip((5, 4, 3, 2, 1), e)), abs=1e-12)
+    assert out["score"] == pytest.approx(sum(lv * ei / sum(e) for lv, ei in zip((5, 4, 3, 2, 1), e, strict=True)), abs=1e-12)
     assert out["score"] == pytest.approx(3.0718, abs=1e-4)
     assert out["vlm_vis"] == pytest.approx((out["score"] - 1) / 4, abs=1e-12)
 
@@ -147,7 +147,7 @@ def test_rate_matches_hand_computation_from_model_logits(rater):
     ls = [float(last[rater.tokenizer.convert_tokens_to_ids(w)]) for w in WORDS]
     z = sum(math.exp(v) for v in ls)
     p = [math.exp(v) / z for v in ls]
-    r = sum(level * pi for (_, level), pi in zip(LEVELS, p))
+    r = sum(level * pi for (_, level), pi in zip(LEVELS, p, strict=True))
     got = rater.rate(x)
     assert got["score"] == pytest.approx(r, abs=1e-5)
     assert got["vlm_vis"] == pytest.approx((r - 1) / 4, abs=1e-5)
@@ -170,7 +170,7 @@ def test_batch_equals_one_by_one(rater):
     calls = []
     batch = rater.rate_batch(xs, batch_size=3, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(3, 5), (5, 5)]
-    for a, b in zip(one, batch):
+    for a, b in zip(one, batch, strict=True):
         assert b["score"] == pytest.approx(a["score"], abs=1e-4)
         assert [b["probs"][w] for w in WORDS] == pytest.approx([a["probs"][w] for w in WORDS], abs=1e-4)
     assert len({round(o["score"], 6) for o in one}) > 1  # different images, different scores
@@ -257,3 +257,26 @@ def test_describe_is_greedy_and_reproducible(rater):
     b = rater.describe(x, max_new_tokens=6, seed=1)
     assert isinstance(a, str) and a == b  # greedy: the seed does not change the answer
     assert 0 < len(a.split()) <= 6
+
+
+# ---------------------------------------------------------------------------------------------------- onevision
+def test_onevision_variable_image_tokens_batch_equals_one_by_one(tmp_path):
+    from vlmir.vlm.tiny import save_tiny_onevision
+
+    r = VisibilityRater.from_pretrained(save_tiny_onevision(tmp_path / "ov"))
+    assert r.model_type == "llava_onevision" and r.system is None
+    assert r.prompt_text == (
+        "<|im_start|>user <image>" + VISIBILITY_PROMPT + " <|im_end|> <|im_start|>assistant "
+    )
+    assert r.level_ids == {w: r.tokenizer.convert_tokens_to_ids(w) for w in WORDS}  # no space before the word
+    g = torch.Generator().manual_seed(7)
+    xs = [torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 80, generator=g),
+          torch.rand(1, 3, 90, 30, generator=g)]
+    enc = r._inputs([r.prompt_text] * 3, [_image_to_pil(x) for x in xs])
+    pads = (enc["attention_mask"] == 0).sum(1).tolist()
+    assert len(set(pads)) > 1  # different image token counts: real left padding
+    one = [r.rate(x) for x in xs]
+    batch = r.rate_batch(xs, batch_size=3)
+    for a, b in zip(one, batch, strict=True):
+        assert b["score"] == pytest.approx(a["score"], abs=1e-4)
+        assert [b["probs"][w] for w in WORDS] == pytest.approx([a["probs"][w] for w in WORDS], abs=1e-4)

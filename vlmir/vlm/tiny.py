@@ -36,7 +36,7 @@ LLAVA_CHAT_TEMPLATE = (
 
 TOKENIZER_KINDS = ("wordlevel", "metaspace", "space-token", "split-word")
 
-_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>", "<|im_start|>", "<|im_end|>")
 _EXTRA_TEXT = "USER: ASSISTANT: clear rainy hazy snowy foggy street car tree sky the a is with and . , ( ) :"
 
 
@@ -45,7 +45,8 @@ def _corpus() -> str:
 
 
 def build_tokenizer(kind: str = "wordlevel"):
-    """A ``PreTrainedTokenizerFast`` over the prompts' words (+ specials ``<unk> <s> </s> <pad> <image>``).
+    """A ``PreTrainedTokenizerFast`` over the prompts' words (+ specials ``<unk> <s> </s> <pad> <image> <video>
+    <|im_start|> <|im_end|>``).
 
     Kinds: ``"wordlevel"`` (words and punctuation, spaces dropped), ``"metaspace"`` (SentencePiece-like
     ``"▁word"`` pieces, the space is part of the token), ``"space-token"`` (the space is its own token, so every
@@ -93,7 +94,8 @@ def build_tokenizer(kind: str = "wordlevel"):
         tok.decoder = decoders.WordPiece(prefix="##")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
 
 
@@ -162,6 +164,63 @@ def save_tiny_llava(
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():  # larger logits than the default init, so the five level probabilities differ visibly
+        model.lm_head.weight.mul_(20.0)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+# A Qwen-style template (ChatML with spaces, since the word-level tokenizer drops whitespace): the generation prompt
+# ends in a space, so level words are encoded without a leading one.
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>' }}{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{{ ' <|im_end|> ' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant ' }}{% endif %}"
+)
+
+
+def save_tiny_onevision(folder: str | os.PathLike, *, seed: int = 0) -> Path:
+    """A random LLaVA-OneVision (tiny SigLIP + tiny Qwen2, anyres grid 32 px tiles) with processor, in ``folder``.
+
+    Unlike LLaVA-1.5, the number of image tokens depends on the image's aspect ratio (anyres tiles), so a batch of
+    differently shaped images is left-padded: the case :class:`~vlmir.vlm.visibility.VisibilityRater` batching
+    must get right.
+    """
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tile, patch = 32, 8
+    grid = [[tile, tile], [tile, 2 * tile], [2 * tile, tile]]
+    tokenizer = build_tokenizer("wordlevel")
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": tile, "width": tile}, image_grid_pinpoints=grid),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": tile, "width": tile}),
+        tokenizer=tokenizer, num_image_tokens=(tile // patch) ** 2, vision_feature_select_strategy="full",
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=tile, patch_size=patch),
+        text_config=Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=grid,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

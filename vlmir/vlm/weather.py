@@ -128,7 +128,7 @@ def _drop_weather_clauses(sentence: str) -> str:
     clauses, seps = parts[0::2], [""] + parts[1::2]
     out: list[str] = []
     previous_dropped = False
-    for clause, sep in zip(clauses, seps):
+    for clause, sep in zip(clauses, seps, strict=True):
         drop = bool(_ABOUT_WEATHER.search(clause)) or (previous_dropped and bool(_DEPENDENT.match(clause)))
         if not drop and clause.strip():
             out.append((sep if out else "") + clause)
