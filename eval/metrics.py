@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from eval.weights import METRIC_WEIGHTS, check_weights, offline_pyiqa, weight_path
 
 VLM_METRICS = ("vlm_vis",)
@@ -112,6 +110,7 @@ class PyiqaMetric:
     def __init__(self, name: str, *, device: str = "cpu", weights_dir: str | os.PathLike | None = None,
                  writable_cache: str | os.PathLike | None = None, options: dict[str, Any] | None = None):
         import pyiqa
+        import torch
 
         self.info = metric_info(name)
         self.name = name
@@ -124,15 +123,14 @@ class PyiqaMetric:
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
                         f"weights={_weights_signature(name, weights_dir)}")
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float]:
         """Scores of a batch ``x`` (B, 3, H, W) in [0, 1] (and ``ref`` of the same shape for FR metrics): B floats."""
-        if self.info.mode == "FR":
-            if ref is None:
-                raise ValueError(f"metric {self.name!r} is full-reference: give the reference images")
-            out = self._metric(x, ref)
-        else:
-            out = self._metric(x)
+        import torch
+
+        if self.info.mode == "FR" and ref is None:
+            raise ValueError(f"metric {self.name!r} is full-reference: give the reference images")
+        with torch.no_grad():
+            out = self._metric(x, ref) if self.info.mode == "FR" else self._metric(x)
         scores = torch.as_tensor(out).detach().float().cpu().reshape(-1).tolist()
         if len(scores) != x.shape[0]:
             raise RuntimeError(f"metric {self.name!r} returned {len(scores)} scores for a batch of {x.shape[0]}")
@@ -145,6 +143,7 @@ class FolderMetric:
     def __init__(self, name: str, *, device: str = "cpu", weights_dir: str | os.PathLike | None = None,
                  writable_cache: str | os.PathLike | None = None, options: dict[str, Any] | None = None):
         import pyiqa
+        import torch
 
         self.info = metric_info(name)
         self.name = name
@@ -157,12 +156,13 @@ class FolderMetric:
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
                         f"weights={_weights_signature(name, weights_dir)}")
 
-    @torch.no_grad()
     def score_folders(self, folder: str | os.PathLike, reference: str | os.PathLike) -> float:
         """Score of the images in ``folder`` against those in ``reference`` (both directories of images)."""
         # the Inception network is built lazily on the first call: keep the offline guard around it as well
-        with offline_pyiqa(self._weights_dir):
-            out = self._metric(str(folder), str(reference))
+        import torch
+
+        with offline_pyiqa(self._weights_dir), torch.no_grad():
+            out = self._metric(str(folder), str(reference), num_workers=0, verbose=False)
         return float(torch.as_tensor(out).reshape(-1)[0])
 
 
@@ -185,13 +185,15 @@ class VlmVisMetric:
         self.rater_name = rater_name
         self.random_weights = bool(getattr(self._rater, "random_weights", False))
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float]:
         """VLM-Vis of each image of ``x`` (B, 3, H, W); the rater sees one (1, 3, H, W) image at a time."""
+        import torch
+
         out = []
-        for i in range(x.shape[0]):
-            result = self._rater.rate(x[i : i + 1])
-            out.append(float(result["vlm_vis"]))
+        with torch.no_grad():
+            for i in range(x.shape[0]):
+                result = self._rater.rate(x[i : i + 1])
+                out.append(float(result["vlm_vis"]))
         return out
 
 

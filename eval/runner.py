@@ -181,9 +181,8 @@ def _score_folders(metric_name: str, metric_factory: Callable[[], Any], version:
     if reference is None:
         report.problems.append(f"{metric_name} compares folders with the reference: give --reference; skipped")
         return []
-    from vlmir.io import image_size
-
     from eval.dataset import IMAGE_EXTENSIONS
+    from vlmir.io import image_size
 
     def readable(p: Path, label: str) -> bool:
         if p in bad:

@@ -117,7 +117,8 @@ METRIC_WEIGHTS: dict[str, tuple[WeightFile, ...]] = {
     "musiq-spaq": (_pyiqa("musiq_spaq_ckpt-358bb6af.pth"),),
     "musiq-paq2piq": (_pyiqa("musiq_paq2piq_ckpt-364c0c84.pth"),),
     "clipiqa": (_clip("RN50.pt"),),
-    "clipiqa+": (_clip("RN50.pt"), _pyiqa("CLIP-IQA+_learned_prompts-603f3273.pth")),
+    # pyiqa keeps the URL-quoted name on disk ('+' -> '%2B': load_file_from_url does not unquote)
+    "clipiqa+": (_clip("RN50.pt"), _pyiqa("CLIP-IQA%2B_learned_prompts-603f3273.pth")),
     "liqe": (_clip("ViT-B-32.pt"), _pyiqa("liqe_koniq.pt")),
     "liqe_mix": (_clip("ViT-B-32.pt"), _pyiqa("liqe_mix.pt")),
     "qalign": (_hf("q-future/one-align", "config.json"),),
@@ -230,12 +231,11 @@ def offline_pyiqa(weights_dir: str | os.PathLike | None = None, *, writable_cach
     (written on first use) goes to ``<hub>/pyiqa`` when that is writable, else to ``writable_cache``.
     Everything is restored on exit. Yields the hub directory.
     """
-    import torch.hub
-
     import pyiqa.archs.clip_model as clip_model
     import pyiqa.archs.liqe_arch as liqe_arch
     import pyiqa.archs.nima_arch as nima_arch
     import pyiqa.utils.download_util as download_util
+    import torch.hub
 
     hub = hub_dir(weights_dir)
     pyiqa_dir = hub / "pyiqa"

@@ -278,9 +278,8 @@ def test_random_weight_rater_is_flagged(dataset, tmp_path):
 def test_folder_metric_rows_and_overall(dataset, tmp_path, monkeypatch):
     """FID's per-folder and Overall rows, cache and table; the folder statistic here is |mean(A) - mean(B)| of the
     images (the real Inception FID needs its 95 MB weights, covered by the weights tests)."""
-    from vlmir.io import load_image
-
     from eval import metrics as metrics_mod
+    from vlmir.io import load_image
 
     calls = []
 
