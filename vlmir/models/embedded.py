@@ -1,0 +1,326 @@
+"""The embedded default models: small networks trained from scratch by ``vlmir.training``, shipped in ``assets/``.
+
+Registers (each the default of its task, all offline, all CPU-fast):
+
+- ``embedded-encoder`` (encoder): :class:`~vlmir.models.encoder.DegradationAwareEncoder`, DA-CLIP design;
+  ``assets/weights/embedded-encoder``.
+- ``embedded-classifier`` (classifier): softmax over the degradation names of ``scale * cos(degradation embedding,
+  name text embeddings)``, the encoder's weights.
+- ``embedded`` (restorer): :class:`~vlmir.models.restorer.ConditionalRestorer` conditioned on the encoder's
+  embeddings; ``assets/weights/embedded-restorer``. Any size: padded to the network multiple, tiled with overlap
+  and linear blending above ~1 MP (``tile=`` px).
+- ``embedded-rater`` (rater): :class:`~vlmir.models.rater.VisibilityHead` on the encoder's features, WResVLM's
+  ``r = sum_i i p_i``; ``assets/weights/embedded-rater``.
+
+When a weights file is missing (a fresh checkout before training, or tests), the builders make a random-weight
+model of the default config, warn, and set ``random_weights = True`` so the CLI and app can say so.
+
+Example::
+
+    >>> from vlmir.registry import create_model
+    >>> clf = create_model("embedded-classifier")
+    >>> probs = clf.classify(torch.rand(1, 3, 200, 300))
+    >>> abs(sum(probs.values()) - 1) < 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmir.models.encoder import DegradationAwareEncoder
+from vlmir.models.rater import LEVELS_ASCENDING, VisibilityHead, rater_features
+from vlmir.models.restorer import ConditionalRestorer
+from vlmir.registry import WEIGHTS_DIR, ModelSpec, register
+
+ENCODER_DIR = WEIGHTS_DIR / "embedded-encoder"
+RESTORER_DIR = WEIGHTS_DIR / "embedded-restorer"
+RATER_DIR = WEIGHTS_DIR / "embedded-rater"
+WEIGHTS_FILE = "model.safetensors"
+
+AUTO_TILE_PIXELS = 1024 * 1024  # images above this many pixels are tiled by default
+DEFAULT_TILE = 512
+TILE_OVERLAP = 32
+
+
+def _ctor_kwargs(cls: type, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a saved ``config.json`` that are constructor arguments of ``cls``."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in cfg.items() if k in params and k != "self"}
+
+
+def _load(cls: type, path: str | Path | None, default_dir: Path, *, allow_random: bool, device: str,
+          what: str) -> tuple[Any, bool]:
+    """Build ``cls`` from ``path/config.json`` and load ``path/model.safetensors``; ``(module, random_weights)``."""
+    from safetensors.torch import load_file
+
+    folder = Path(path) if path is not None else default_dir
+    if folder.is_file():
+        folder = folder.parent
+    weights, config = folder / WEIGHTS_FILE, folder / "config.json"
+    if weights.is_file() and config.is_file():
+        cfg = json.loads(config.read_text())
+        module = cls(**_ctor_kwargs(cls, cfg))
+        module.load_state_dict(load_file(str(weights)), strict=True)
+        return module.to(device).eval(), False
+    if not allow_random:
+        raise FileNotFoundError(f"{what} weights not found: expected {weights} and {config} "
+                                f"(train them with `python -m vlmir train ...`, see vlmir/training/configs)")
+    warnings.warn(f"{what} weights not found in {folder}; using RANDOM weights (outputs are meaningless)",
+                  stacklevel=3)
+    return None, True
+
+
+def load_encoder(path: str | Path | None = None, *, allow_random: bool = True,
+                 device: str = "cpu") -> tuple[DegradationAwareEncoder, bool]:
+    """The degradation-aware encoder from ``path`` (default the embedded weights): ``(encoder, random_weights)``."""
+    enc, rnd = _load(DegradationAwareEncoder, path, ENCODER_DIR, allow_random=allow_random, device=device,
+                     what="embedded encoder")
+    if enc is None:
+        torch.manual_seed(0)
+        enc = DegradationAwareEncoder().to(device).eval()
+    return enc, rnd
+
+
+def load_restorer(path: str | Path | None = None, *, allow_random: bool = True, device: str = "cpu",
+                  cond_dim: int = 256) -> tuple[ConditionalRestorer, bool]:
+    """The conditional restorer network from ``path`` (default the embedded weights)."""
+    net, rnd = _load(ConditionalRestorer, path, RESTORER_DIR, allow_random=allow_random, device=device,
+                     what="embedded restorer")
+    if net is None:
+        torch.manual_seed(0)
+        net = ConditionalRestorer(cond_dim=cond_dim).to(device).eval()
+    return net, rnd
+
+
+def load_rater_head(path: str | Path | None = None, *, allow_random: bool = True, device: str = "cpu",
+                    feature_dim: int | None = None) -> tuple[VisibilityHead, bool]:
+    """The visibility head from ``path`` (default the embedded weights)."""
+    head, rnd = _load(VisibilityHead, path, RATER_DIR, allow_random=allow_random, device=device,
+                      what="embedded rater")
+    if head is None:
+        torch.manual_seed(0)
+        head = VisibilityHead(feature_dim=feature_dim or 907).to(device).eval()
+    return head, rnd
+
+
+def _check_image(x: Any) -> torch.Tensor:
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3 or not x.is_floating_point():
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected a float tensor (1, 3, H, W) in [0, 1], got {shape}")
+    if x.shape[-1] < 8 or x.shape[-2] < 8:
+        raise ValueError(f"image must be at least 8x8 pixels, got {x.shape[-1]}x{x.shape[-2]}")
+    return x
+
+
+class EmbeddedEncoderModel:
+    """Task ``encoder``: ``encode(x) -> {"content": (1, D), "degradation": (1, D)}`` (L2-normalised)."""
+
+    def __init__(self, encoder: DegradationAwareEncoder, *, random_weights: bool, name: str = "embedded-encoder") -> None:
+        self.encoder = encoder
+        self.random_weights = random_weights
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """View-averaged encoder outputs of one image (see :meth:`DegradationAwareEncoder.embed`)."""
+        x = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
+        return self.encoder.embed(x)
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {"content": F.normalize(f["content"], dim=-1), "degradation": F.normalize(f["degradation"], dim=-1)}
+
+
+class EmbeddedClassifier(EmbeddedEncoderModel):
+    """Task ``classifier``: ``classify(x) -> {name: p}`` over DA-CLIP's ten names plus ``clear``."""
+
+    def classify(self, x: torch.Tensor) -> dict[str, float]:
+        p = self.features(x)["logits"].softmax(-1)[0].tolist()
+        return dict(zip(self.encoder.degradation_names, p))
+
+
+class EmbeddedRater(EmbeddedEncoderModel):
+    """Task ``rater``: ``rate(x) -> {"score": r, "vlm_vis": (r - 1) / 4, "probs": {level: p}}`` (WResVLM)."""
+
+    def __init__(self, encoder: DegradationAwareEncoder, head: VisibilityHead, *, random_weights: bool,
+                 name: str = "embedded-rater") -> None:
+        super().__init__(encoder, random_weights=random_weights, name=name)
+        self.head = head
+
+    @torch.no_grad()
+    def rate(self, x: torch.Tensor) -> dict[str, Any]:
+        logits = self.head(rater_features(self.features(x)))
+        p = logits.softmax(-1)[0]
+        r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
+        probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first
+        return {"score": r, "vlm_vis": (r - 1) / 4, "probs": probs}
+
+    def describe(self, x: torch.Tensor) -> str:
+        """One sentence from the rating and the classifier's most likely degradation."""
+        f = self.features(x)
+        names = self.encoder.degradation_names
+        k = int(f["logits"].argmax(-1))
+        rating = self.rate(x)
+        level = max(rating["probs"], key=rating["probs"].get)
+        what = "looks clear" if names[k] == "clear" else f"looks {names[k]}"
+        return f"Visibility {level} (r = {rating['score']:.2f}); the image {what}."
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1-D blending weights of length ``n``: linear ramps over ``overlap`` px on the sides shared with neighbours."""
+    w = torch.ones(n)
+    k = min(overlap, n // 2)
+    if k > 0:
+        ramp = torch.linspace(1.0 / (k + 1), k / (k + 1), k)
+        if not at_start:
+            w[:k] = ramp
+        if not at_end:
+            w[n - k :] = ramp.flip(0)
+    return w
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    return sorted({round(i * (size - tile) / (n - 1)) for i in range(n)})
+
+
+class EmbeddedRestorer:
+    """Task ``restorer``: one feed-forward pass of the conditional restorer (``steps`` and ``seed`` are accepted
+    for the contract and unused: the model is deterministic)."""
+
+    def __init__(self, encoder: DegradationAwareEncoder, net: ConditionalRestorer, *, random_weights: bool,
+                 name: str = "embedded") -> None:
+        self.encoder = encoder
+        self.net = net
+        self.random_weights = random_weights
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.no_grad()
+    def condition(self, x: torch.Tensor) -> torch.Tensor:
+        """Conditioning (1, 2D): normalised view-averaged content and degradation embeddings of the whole image."""
+        f = self.encoder.embed(x)
+        return torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        m = self.net.multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        return self.net(x, cond)[..., :h, :w].clamp(0, 1)
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor, *, steps: int | None = None, seed: int = 0, tile: int | None = None,
+                progress: Callable[[int, int], Any] | None = None) -> torch.Tensor:
+        """Restore ``x`` (1, 3, H, W) in [0, 1]; returns the same shape.
+
+        Args:
+            steps, seed: unused (feed-forward model); accepted for the restorer contract.
+            tile: tile side in px (>= 64) with 32 px overlap and linear blending; default 512 above ~1 MP, else
+                the whole image in one pass.
+            progress: optional ``progress(done, total)`` called after each tile.
+        """
+        x = _check_image(x)
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 64):
+            raise ValueError(f"tile must be an int >= 64 px or None, got {tile!r}")
+        src_dtype, src_device = x.dtype, x.device
+        x = x.to(self.device, torch.float32).clamp(0, 1)
+        cond = self.condition(x)
+        h, w = x.shape[-2:]
+        if tile is None and h * w > AUTO_TILE_PIXELS:
+            tile = DEFAULT_TILE
+        if tile is None or (h <= tile and w <= tile):
+            out = self._run(x, cond)
+            if progress is not None:
+                progress(1, 1)
+            return out.to(src_device, src_dtype)
+        ys, xs = _starts(h, tile, TILE_OVERLAP), _starts(w, tile, TILE_OVERLAP)
+        acc = torch.zeros_like(x)
+        wsum = torch.zeros(1, 1, h, w, device=x.device)
+        total, done = len(ys) * len(xs), 0
+        for y in ys:
+            for x0 in xs:
+                th, tw = min(tile, h - y), min(tile, w - x0)
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond)
+                wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
+                wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
+                wgt = (wy[:, None] * wx[None, :])[None, None]
+                acc[..., y : y + th, x0 : x0 + tw] += piece * wgt
+                wsum[..., y : y + th, x0 : x0 + tw] += wgt
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        return (acc / wsum).clamp(0, 1).to(src_device, src_dtype)
+
+
+# -- builders (registry) -------------------------------------------------------------------------------------------
+
+def build_encoder(device: str = "cpu", path: str | Path | None = None, **_: Any) -> EmbeddedEncoderModel:
+    enc, rnd = load_encoder(path, device=device)
+    return EmbeddedEncoderModel(enc, random_weights=rnd)
+
+
+def build_classifier(device: str = "cpu", path: str | Path | None = None, **_: Any) -> EmbeddedClassifier:
+    enc, rnd = load_encoder(path, device=device)
+    return EmbeddedClassifier(enc, random_weights=rnd, name="embedded-classifier")
+
+
+def build_restorer(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
+                   **_: Any) -> EmbeddedRestorer:
+    enc, rnd_e = load_encoder(encoder_path, device=device)
+    net, rnd_r = load_restorer(path, device=device, cond_dim=2 * enc.config["embed_dim"])
+    return EmbeddedRestorer(enc, net, random_weights=rnd_e or rnd_r)
+
+
+def build_rater(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
+                **_: Any) -> EmbeddedRater:
+    enc, rnd_e = load_encoder(encoder_path, device=device)
+    feature_dim = 2 * enc.config["embed_dim"] + len(enc.degradation_names) + enc.pooled_dim
+    head, rnd_h = load_rater_head(path, device=device, feature_dim=feature_dim)
+    return EmbeddedRater(enc, head, random_weights=rnd_e or rnd_h)
+
+
+def _available() -> tuple[bool, str]:
+    return True, ""  # always buildable; random weights (flagged) when the files are missing
+
+
+_LICENSE = "Apache-2.0 (trained by vlmir on photos from scikit-image, scikit-learn and matplotlib)"
+register(ModelSpec("embedded-encoder", "encoder", build_encoder, default=True, license=_LICENSE,
+                   description="tiny DA-CLIP-style degradation-aware encoder, trained from scratch (embedded)",
+                   source="assets:weights/embedded-encoder/model.safetensors", available=_available))
+register(ModelSpec("embedded-classifier", "classifier", build_classifier, default=True, license=_LICENSE,
+                   description="degradation classifier: cosine of the embedded encoder's degradation embedding "
+                               "to the names' text embeddings (10 DA-CLIP types + clear)",
+                   source="assets:weights/embedded-encoder/model.safetensors", available=_available))
+register(ModelSpec("embedded", "restorer", build_restorer, default=True, license=_LICENSE,
+                   description="fast embedded restorer: NAFNet-style network conditioned on the embedded encoder "
+                               "(one pass, CPU-fast)",
+                   source="assets:weights/embedded-restorer/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
+                   available=_available, extra={"diffusion": False}))
+register(ModelSpec("embedded-rater", "rater", build_rater, default=True, license=_LICENSE,
+                   description="visibility rater (WResVLM levels, r = sum i p_i) on the embedded encoder's features",
+                   source="assets:weights/embedded-rater/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
+                   available=_available))

@@ -1,0 +1,63 @@
+"""Visibility rating head with WResVLM's interface, on the degradation-aware encoder's features.
+
+Paper: Xu et al., "Towards Real-World Adverse Weather Image Restoration: Enhancing Clearness and Semantics with
+Vision-Language Models" (WResVLM, ECCV 2024). WResVLM asks a VLM to rate an image's visibility on five levels
+(excellent, good, fair, poor, bad = 5..1) and scores it ``r = sum_i i * p_i`` from the level probabilities.
+
+Here the level probabilities come from a small MLP over the frozen encoder's features instead of a VLM (no VLM
+weights can be loaded on our machines): the L2-normalised content and degradation embeddings, the softmax over
+the degradation names, and the globally pooled controller features (which keep the severity that the contrastive
+degradation embedding is trained to ignore). Trained against the degradation engine's visibility labels.
+
+Example::
+
+    >>> head = VisibilityHead(feature_dim=907)
+    >>> p = head(torch.randn(2, 907)).softmax(-1)   # (2, 5) over LEVELS_ASCENDING = bad..excellent
+    >>> r = (p * torch.arange(1, 6)).sum(-1)         # WResVLM's score in [1, 5]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# level words from score 1 to 5 (index i-1 holds level i)
+LEVELS_ASCENDING = ("bad", "poor", "fair", "good", "excellent")
+
+
+def rater_features(f: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The head's input (B, F) from encoder outputs ``content``, ``degradation``, ``logits`` (B, K), ``pooled``:
+    ``[normalised content, normalised degradation, softmax(logits), pooled]``."""
+    return torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1),
+                      f["logits"].softmax(-1), f["pooled"]], dim=-1)
+
+
+class VisibilityHead(nn.Module):
+    """MLP from encoder features to five visibility-level logits (bad..excellent).
+
+    Args:
+        feature_dim: size of :func:`rater_features` (2 x embed_dim + K names + pooled_dim).
+        hidden: hidden width. Default 128.
+        dropout: dropout before the last layer while training. Default 0.1.
+    """
+
+    def __init__(self, *, feature_dim: int, hidden: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        if feature_dim < 1 or hidden < 1:
+            raise ValueError(f"feature_dim and hidden must be positive, got {feature_dim}, {hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.config = dict(feature_dim=feature_dim, hidden=hidden, dropout=dropout)
+        self.norm = nn.LayerNorm(feature_dim)
+        self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 5))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 5) over :data:`LEVELS_ASCENDING` for features (B, feature_dim)."""
+        return self.net(self.norm(features))
+
+    @staticmethod
+    def score(logits: torch.Tensor) -> torch.Tensor:
+        """WResVLM's ``r = sum_i i * p_i`` (B,) in [1, 5] from logits (B, 5)."""
+        p = logits.softmax(-1)
+        return (p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum(-1)

@@ -1,0 +1,130 @@
+"""What every training run shares: config files, the Accelerator, checkpoints (resume), logs, export.
+
+A run is described by one JSON or YAML file (see ``vlmir/training/configs/``); it is copied to the run folder as
+``train_config.json`` and to the exported weights. Checkpoints hold only tensors and plain Python values and load
+with ``torch.load(weights_only=True)``. Training goes through ``accelerate.Accelerator``: single process on CPU
+here, multi-GPU with ``accelerate launch -m vlmir train ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KINDS = ("encoder", "restorer", "rater")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """A training config from a ``.json`` or ``.yaml``/``.yml`` file; its ``kind`` must be one of :data:`KINDS`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        cfg = yaml.safe_load(text)
+    elif path.suffix.lower() == ".json":
+        cfg = json.loads(text)
+    else:
+        raise ValueError(f"config {path} must be .json, .yaml or .yml, got {path.suffix!r}")
+    if not isinstance(cfg, dict) or cfg.get("kind") not in KINDS:
+        raise ValueError(f"config {path} must be a mapping with kind one of {KINDS}, got {cfg.get('kind') if isinstance(cfg, dict) else cfg!r}")
+    return cfg
+
+
+def setup_logger(out_dir: Path, name: str) -> logging.Logger:
+    """A logger writing to ``out_dir/train.log`` and stderr."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger(f"vlmir.training.{name}.{out_dir}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for h in (logging.FileHandler(out_dir / "train.log"), logging.StreamHandler()):
+            h.setFormatter(fmt)
+            log.addHandler(h)
+    return log
+
+
+def make_accelerator(cfg: dict[str, Any]):
+    """An ``accelerate.Accelerator`` (CPU unless a GPU is there and ``cpu`` is false) with torch threads set."""
+    from accelerate import Accelerator
+
+    threads = int(cfg.get("threads", 2))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return Accelerator(cpu=bool(cfg.get("cpu", not torch.cuda.is_available())))
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 5% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    sampler_state: dict, extra: dict | None = None) -> None:
+    """Write a resumable checkpoint atomically (tensors and plain values only)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": int(step),
+        "sampler": sampler_state,
+        "torch_rng": torch.get_rng_state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no arbitrary unpickling)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_weights(out_dir: Path, *, model: torch.nn.Module, model_config: dict, train_config: dict,
+                   metrics: dict | None = None, extra_config: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (constructor args) + ``train_config.json`` (+ ``metrics.json``)."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"))
+    cfg = dict(model_config)
+    if extra_config:
+        cfg.update(extra_config)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out_dir / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    if metrics is not None:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return out_dir
+
+
+def copy_export(src: Path, dst: Path) -> Path:
+    """Copy an exported weights folder (``--export``) to ``dst``, keeping an existing ``MODEL_CARD.md``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "train_config.json", "metrics.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    return dst
+
+
+class Timer:
+    """Wall time since construction, resumable (``offset`` seconds already spent before a resume)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.start = time.time() - offset
+
+    def elapsed(self) -> float:
+        return time.time() - self.start

@@ -1,0 +1,233 @@
+"""Training data from photos that pip packages ship, degraded on the fly by :mod:`vlmir.degradations`.
+
+Photos: scikit-image's ``skimage/data`` folder, scikit-learn's sample images (china, flower) and matplotlib's
+``grace_hopper.jpg``, plus procedural content (gradients, shapes, stripes). Three whole photos are held out for
+validation and never seen in training: ``chelsea``, ``coffee`` (scikit-image) and ``grace_hopper`` (matplotlib).
+Grey photos are used as RGB with a random colour tint. No desktop-wallpaper packages (reserved for evaluation).
+
+A sample: pick a photo (or draw procedural content), rescale by a random factor, cut a random *window* (the image
+the degradation sees: effects are drawn relative to the image size, so the window plays the role of a whole
+photo), flip, jitter colour, degrade with :func:`vlmir.degradations.sample_degradation` (the ten types, mixtures,
+clean), then cut the training *crop* from the same place of the clean and degraded windows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from vlmir.degradations import DEGRADATIONS, degrade, sample_degradation
+
+CLEAR = "clear"
+CLASS_NAMES: tuple[str, ...] = (*DEGRADATIONS, CLEAR)
+
+# photo name -> (package, file); "held-out" photos are never used for training
+TRAIN_PHOTOS: tuple[str, ...] = (
+    "astronaut", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field", "ihc", "retina",
+    "china", "flower", "camera", "brick", "grass", "gravel", "coins", "moon", "cell", "page", "text",
+)
+HELDOUT_PHOTOS: tuple[str, ...] = ("chelsea", "coffee", "grace_hopper")
+
+_SKIMAGE_FILES = {
+    "astronaut": "astronaut.png", "rocket": "rocket.jpg", "motorcycle_left": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png", "hubble_deep_field": "hubble_deep_field.jpg", "ihc": "ihc.png",
+    "retina": "retina.jpg", "camera": "camera.png", "brick": "brick.png", "grass": "grass.png",
+    "gravel": "gravel.png", "coins": "coins.png", "moon": "moon.png", "cell": "cell.png", "page": "page.png",
+    "text": "text.png", "chelsea": "chelsea.png", "coffee": "coffee.png",
+}
+
+
+def photo_path(name: str) -> Path:
+    """Path of a shipped photo by name (see :data:`TRAIN_PHOTOS`, :data:`HELDOUT_PHOTOS`)."""
+    if name in _SKIMAGE_FILES:
+        import skimage
+
+        return Path(os.path.dirname(skimage.__file__)) / "data" / _SKIMAGE_FILES[name]
+    if name in ("china", "flower"):
+        import sklearn
+
+        return Path(os.path.dirname(sklearn.__file__)) / "datasets" / "images" / f"{name}.jpg"
+    if name == "grace_hopper":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    valid = sorted((*_SKIMAGE_FILES, "china", "flower", "grace_hopper"))
+    raise ValueError(f"unknown photo {name!r}; valid names: {', '.join(valid)}")
+
+
+@lru_cache(maxsize=64)
+def load_photo(name: str) -> np.ndarray:
+    """Photo ``name`` as float32 HWC RGB in [0, 1] (read through :func:`vlmir.io.load_image`)."""
+    from vlmir.io import load_image, to_numpy
+
+    return to_numpy(load_image(photo_path(name)))
+
+
+def heldout_image(name: str, short_side: int = 256) -> np.ndarray:
+    """Held-out photo resized (area) so its short side is ``short_side``: the validation images."""
+    img = load_photo(name)
+    h, w = img.shape[:2]
+    f = short_side / min(h, w)
+    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA).clip(0, 1)
+
+
+def procedural_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Random synthetic content (size, size, 3) float32: a colour gradient with filled shapes and stripes."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    c0, c1 = rng.random(3), rng.random(3)
+    a = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(a) * xx + np.sin(a) * yy)[..., None]
+    img = ((1 - t) * c0 + t * c1).astype(np.float32)
+    for _ in range(int(rng.integers(3, 12))):
+        colour = tuple(float(v) for v in rng.random(3))
+        kind = rng.integers(0, 3)
+        p = rng.integers(0, size, 2)
+        if kind == 0:
+            cv2.circle(img, (int(p[0]), int(p[1])), int(rng.integers(3, size // 3)), colour, -1, cv2.LINE_AA)
+        elif kind == 1:
+            q = rng.integers(0, size, 2)
+            cv2.rectangle(img, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), colour, -1)
+        else:
+            q = rng.integers(0, size, 2)
+            cv2.line(img, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), colour, int(rng.integers(1, 6)), cv2.LINE_AA)
+    if rng.random() < 0.5:  # stripes: some high-frequency texture
+        f = rng.uniform(4, 40)
+        img = img * (0.8 + 0.2 * np.sin(2 * np.pi * f * (xx if rng.random() < 0.5 else yy)))[..., None]
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@dataclass
+class DataConfig:
+    """How training samples are drawn (the ``data`` block of a training config).
+
+    Args:
+        crop: side of the training crop in px.
+        window: (min, max) side of the window the degradation is applied to, before cropping.
+        scale: (min, max) factor applied to the photo before cutting the window.
+        p_clean: probability of a clean sample (target ``clear`` / identity).
+        p_mixture: probability of a mixture of 2..``max_types`` types.
+        max_types: most types in a mixture.
+        p_procedural: probability of procedural content instead of a photo.
+        severities: severities drawn uniformly per type.
+        photos: training photo names (default :data:`TRAIN_PHOTOS`).
+    """
+
+    crop: int = 128
+    window: tuple[int, int] = (192, 320)
+    scale: tuple[float, float] = (0.35, 1.0)
+    p_clean: float = 0.12
+    p_mixture: float = 0.2
+    max_types: int = 2
+    p_procedural: float = 0.1
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    photos: tuple[str, ...] = field(default_factory=lambda: TRAIN_PHOTOS)
+
+    def __post_init__(self) -> None:
+        self.window = tuple(self.window)
+        self.scale = tuple(self.scale)
+        self.severities = tuple(self.severities)
+        self.photos = tuple(self.photos)
+        if self.window[0] < self.crop or self.window[1] < self.window[0]:
+            raise ValueError(f"window {self.window} must satisfy crop ({self.crop}) <= min <= max")
+        bad = sorted(set(self.photos) & set(HELDOUT_PHOTOS))
+        if bad:
+            raise ValueError(f"held-out photos {bad} cannot be training photos")
+
+
+def _jitter(img: np.ndarray, rng: np.random.Generator, grey: bool) -> np.ndarray:
+    if grey:  # tint a grey photo so colour statistics vary
+        img = img * rng.uniform(0.6, 1.0, 3).astype(np.float32) + rng.uniform(0, 0.2, 3).astype(np.float32)
+    gain = rng.uniform(0.8, 1.15)
+    sat = rng.uniform(0.7, 1.2)
+    mean = img.mean(axis=2, keepdims=True)
+    img = (mean + (img - mean) * sat) * gain
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+class PairSampler:
+    """Draws (clean, degraded) crops with their labels, reproducibly from ``seed``.
+
+    ``sample(n)`` returns a dict: ``clean`` and ``lq`` float32 tensors (n, 3, crop, crop) in [0, 1], ``target``
+    (n, K) soft class labels over :data:`CLASS_NAMES` (uniform over the types of a mixture, ``clear`` for clean),
+    ``visibility`` (n,) the engine's visibility score r in 1..5, ``types`` (list of lists), ``severity`` (n,) the
+    combined severity (0 clean).
+    """
+
+    def __init__(self, config: DataConfig, seed: int = 0) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(seed)
+        self.photos = [load_photo(p) for p in config.photos]
+        self.grey = [bool(np.abs(p[..., 0] - p[..., 1]).mean() < 1e-4) for p in self.photos]
+
+    def state(self) -> dict:
+        """The sampler's RNG state (plain Python values, for checkpoints)."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def _window(self) -> np.ndarray:
+        cfg, rng = self.config, self.rng
+        size = int(rng.integers(cfg.window[0], cfg.window[1] + 1))
+        if rng.random() < cfg.p_procedural or not self.photos:
+            return procedural_image(rng, size)
+        i = int(rng.integers(0, len(self.photos)))
+        img = self.photos[i]
+        h, w = img.shape[:2]
+        f = rng.uniform(*cfg.scale)
+        f = max(f, size / min(h, w))  # the window must fit
+        if f != 1.0:
+            img = cv2.resize(img, (max(size, round(w * f)), max(size, round(h * f))),
+                             interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+        h, w = img.shape[:2]
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        win = img[y : y + size, x : x + size]
+        if rng.random() < 0.5:
+            win = win[:, ::-1]
+        return _jitter(np.ascontiguousarray(win), rng, self.grey[i])
+
+    def sample_one(self) -> tuple[np.ndarray, np.ndarray, list[str], int, int]:
+        """One ``(clean crop, degraded crop, types, combined severity, visibility score)``."""
+        cfg = self.config
+        win = self._window()
+        spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
+                                  severities=cfg.severities)
+        lq, meta = degrade(win, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+        s = win.shape[0]
+        y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
+        sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
+        sev = int(min(sum(meta["severity"]), 5)) if meta["types"] else 0
+        return win[sl], lq[sl], list(meta["types"]), sev, int(meta["visibility_score"])
+
+    def sample(self, n: int) -> dict:
+        clean, lq, target, vis, sev, types = [], [], [], [], [], []
+        for _ in range(n):
+            c, d, t, s, r = self.sample_one()
+            clean.append(c)
+            lq.append(d)
+            tgt = np.zeros(len(CLASS_NAMES), np.float32)
+            for name in t or [CLEAR]:
+                tgt[CLASS_NAMES.index(name)] = 1.0 / max(1, len(t))
+            target.append(tgt)
+            vis.append(r)
+            sev.append(s)
+            types.append(t)
+
+        def stack(arrs: Sequence[np.ndarray]) -> torch.Tensor:
+            return torch.from_numpy(np.stack(arrs).transpose(0, 3, 1, 2).copy()).float()
+
+        return {
+            "clean": stack(clean),
+            "lq": stack(lq).clamp(0, 1),
+            "target": torch.from_numpy(np.stack(target)),
+            "visibility": torch.tensor(vis, dtype=torch.float32),
+            "severity": torch.tensor(sev),
+            "types": types,
+        }

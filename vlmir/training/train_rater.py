@@ -1,0 +1,129 @@
+"""Train the visibility head (:class:`vlmir.models.rater.VisibilityHead`) on the frozen encoder's features.
+
+Targets are the degradation engine's WResVLM-style visibility scores r in 1..5 (clean 5; combined severity c
+gives r = 5 - min(c, 4)). Loss: cross-entropy against a label-smoothed distribution centred on r (mass
+``1 - smoothing`` on r, the rest on its neighbours) plus ``score_weight * (sum_i i p_i - r)^2`` so the expected
+score itself tracks r.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmir.models.rater import VisibilityHead, rater_features
+from vlmir.training.common import (
+    Timer,
+    cosine_lr,
+    export_weights,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    setup_logger,
+)
+from vlmir.training.data import DataConfig, PairSampler
+
+
+def soft_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
+    """(B, 5) target distributions over levels 1..5: ``1 - smoothing`` on r, ``smoothing`` split over neighbours."""
+    idx = (r.long() - 1).clamp(0, 4)
+    t = torch.zeros(r.shape[0], 5, device=r.device)
+    for d in (-1, 1):
+        nb = idx + d
+        ok = (nb >= 0) & (nb <= 4)
+        t[ok, nb[ok]] += 1.0
+    t = t / t.sum(1, keepdim=True).clamp_min(1) * smoothing
+    t[torch.arange(r.shape[0]), idx] = 1 - smoothing
+    return t / t.sum(1, keepdim=True)
+
+
+def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
+                 score_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+    with torch.no_grad():
+        feats = rater_features(encoder(batch["lq"]))
+    logits = head(feats)
+    r = batch["visibility"]
+    ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
+    score = VisibilityHead.score(logits)
+    mse = (score - r).pow(2).mean()
+    loss = ce + score_weight * mse
+    return loss, {"loss": loss.item(), "ce": ce.item(), "score_mae": (score - r).abs().mean().item()}
+
+
+def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a rater training run; same outputs as :func:`vlmir.training.train_encoder.train`."""
+    from tqdm.auto import tqdm
+
+    from vlmir.models.embedded import load_encoder
+
+    out_dir = Path(out_dir)
+    log = setup_logger(out_dir, "rater")
+    acc = make_accelerator(cfg)
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    encoder, enc_random = load_encoder(cfg.get("encoder"), allow_random=bool(cfg.get("allow_random_encoder", False)))
+    if enc_random:
+        log.info("WARNING: the encoder has random weights (test run)")
+    encoder.eval().requires_grad_(False)
+    model_cfg = dict(cfg.get("model", {}))
+    model_cfg.setdefault("feature_dim", 2 * encoder.config["embed_dim"] + len(encoder.degradation_names)
+                         + encoder.pooled_dim)
+    head = VisibilityHead(**model_cfg)
+    steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
+    lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
+    data_cfg = dict(cfg.get("data", {}))
+    data_cfg.setdefault("crop", encoder.image_size)
+    sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
+    smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
+    step, spent = 0, 0.0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        head.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, spent = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
+        log.info(f"resumed from {ckpt_path} at step {step}")
+    (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    head, opt = acc.prepare(head, opt)
+    encoder = encoder.to(acc.device)
+    timer = Timer(spent)
+    logs: dict[str, Any] = {}
+    every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
+    head.train()
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="rater", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, warmup)
+        batch = sampler.sample(bs)
+        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, logs = rater_losses(head, encoder, batch, smoothing=smoothing, score_weight=score_weight)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        bar.set_postfix(loss=f"{logs['loss']:.3f}", mae=f"{logs['score_mae']:.2f}")
+        if (step + 1) % every == 0 or step == 0:
+            log.info(f"step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+                     + f" wall={timer.elapsed():.0f}s")
+        if (step + 1) % ck_every == 0 and acc.is_main_process:
+            save_checkpoint(ckpt_path, model=acc.unwrap_model(head), optimizer=opt, step=step + 1,
+                            sampler_state=sampler.state(), extra={"wall_s": timer.elapsed()})
+    bar.close()
+    logs["steps"] = steps
+    logs["wall_s"] = round(timer.elapsed(), 1)
+    if acc.is_main_process:
+        net = acc.unwrap_model(head)
+        save_checkpoint(ckpt_path, model=net, optimizer=opt, step=steps, sampler_state=sampler.state(),
+                        extra={"wall_s": timer.elapsed()})
+        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
+            export_weights(dst, model=net, model_config=net.config, train_config=cfg,
+                           extra_config={"architecture": "VisibilityHead"}, metrics={"train": logs})
+        log.info(f"done: {logs}")
+    return logs

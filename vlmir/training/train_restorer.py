@@ -1,0 +1,137 @@
+"""Train the embedding-conditioned restorer (:class:`vlmir.models.restorer.ConditionalRestorer`) on engine pairs.
+
+The degradation-aware encoder is frozen (``encoder`` in the config: an exported weights folder); its normalised
+content and degradation embeddings of the degraded crop condition the restorer (DA-CLIP's design: the restorer
+sees what the encoder thinks the degradation is). Pairs cover the ten types, mixtures and clean crops (identity
+target, the ``clear`` case). Loss: ``L1(restored, clean) + gate_weight * BCE(gate, degraded)``: the gate is
+pushed to 0 for clean inputs so they come back unchanged, to 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmir.models.restorer import ConditionalRestorer
+from vlmir.training.common import (
+    Timer,
+    cosine_lr,
+    export_weights,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    setup_logger,
+)
+from vlmir.training.data import DataConfig, PairSampler
+
+
+def condition(encoder: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+    """Restorer conditioning (B, 2D) from the frozen encoder on crops ``lq`` (B, 3, S, S): normalised
+    ``[content, degradation]`` embeddings."""
+    with torch.no_grad():
+        f = encoder.forward_features(lq)
+    return torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+
+
+def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, gate_weight: float = 0.1,
+                    crop: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's loss: the encoder sees the whole crop, the restorer a centred ``crop`` of it (or all)."""
+    lq, clean = batch["lq"], batch["clean"]
+    cond = condition(encoder, lq)
+    if crop is not None and crop < lq.shape[-1]:
+        o = (lq.shape[-1] - crop) // 2
+        lq, clean = lq[..., o : o + crop, o : o + crop], clean[..., o : o + crop, o : o + crop]
+    out, gate = model(lq, cond, return_gate=True)
+    l1 = F.l1_loss(out, clean)
+    degraded = (batch["severity"] > 0).float().to(gate.device)
+    lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), degraded)
+    loss = l1 + gate_weight * lg
+    with torch.no_grad():
+        mse_in = (lq - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        mse_out = (out.clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        gain = (10 * torch.log10(mse_in / mse_out)).mean().item()
+    return loss, {"loss": loss.item(), "l1": l1.item(), "gate_bce": lg.item(), "psnr_gain": gain}
+
+
+def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a restorer training run; same outputs as :func:`vlmir.training.train_encoder.train`."""
+    from tqdm.auto import tqdm
+
+    from vlmir.models.embedded import load_encoder
+
+    out_dir = Path(out_dir)
+    log = setup_logger(out_dir, "restorer")
+    acc = make_accelerator(cfg)
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    encoder, enc_random = load_encoder(cfg.get("encoder"), allow_random=bool(cfg.get("allow_random_encoder", False)))
+    if enc_random:
+        log.info("WARNING: the conditioning encoder has random weights (test run)")
+    encoder.eval().requires_grad_(False)
+    model_cfg = dict(cfg.get("model", {}))
+    model_cfg.setdefault("cond_dim", 2 * encoder.config["embed_dim"])
+    model = ConditionalRestorer(**model_cfg)
+    steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 16))
+    lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
+                            betas=(0.9, 0.99))
+    data_cfg = dict(cfg.get("data", {}))
+    data_cfg.setdefault("crop", encoder.image_size)
+    if data_cfg["crop"] != encoder.image_size:
+        raise ValueError(f"data.crop must equal the encoder's image_size {encoder.image_size}, got {data_cfg['crop']}")
+    sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 1000 + acc.process_index)
+    restore_crop = cfg.get("restore_crop")
+    gate_weight = float(cfg.get("gate_weight", 0.1))
+    step, spent = 0, 0.0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, spent = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
+        log.info(f"resumed from {ckpt_path} at step {step}")
+    (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    model, opt = acc.prepare(model, opt)
+    encoder = encoder.to(acc.device)
+    timer = Timer(spent)
+    logs: dict[str, Any] = {}
+    every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
+    model.train()
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="restorer", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, warmup)
+        batch = sampler.sample(bs)
+        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, logs = restorer_losses(model, encoder, batch, gate_weight=gate_weight, crop=restore_crop)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", gain=f"{logs['psnr_gain']:.2f}")
+        if (step + 1) % every == 0 or step == 0:
+            log.info(f"step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+                     + f" wall={timer.elapsed():.0f}s")
+        if (step + 1) % ck_every == 0 and acc.is_main_process:
+            save_checkpoint(ckpt_path, model=acc.unwrap_model(model), optimizer=opt, step=step + 1,
+                            sampler_state=sampler.state(), extra={"wall_s": timer.elapsed()})
+    bar.close()
+    final_step = steps
+    logs["steps"] = final_step
+    logs["wall_s"] = round(timer.elapsed(), 1)
+    if acc.is_main_process:
+        net = acc.unwrap_model(model)
+        save_checkpoint(ckpt_path, model=net, optimizer=opt, step=final_step, sampler_state=sampler.state(),
+                        extra={"wall_s": timer.elapsed()})
+        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
+            export_weights(dst, model=net, model_config=net.config, train_config=cfg,
+                           extra_config={"architecture": "ConditionalRestorer"}, metrics={"train": logs})
+        log.info(f"done: {logs}")
+    return logs
