@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-tiny", action="store_true")
     args = ap.parse_args(argv)
     images = _images(args.images, args.image_size)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {load:.1f}; "
+          f"images {args.image_size}x{args.image_size + 32}", flush=True)
     if not args.skip_tiny:
         with tempfile.TemporaryDirectory() as tmp:
             for name, cfg in TINY.items():

@@ -280,3 +280,24 @@ def test_onevision_variable_image_tokens_batch_equals_one_by_one(tmp_path):
     for a, b in zip(one, batch, strict=True):
         assert b["score"] == pytest.approx(a["score"], abs=1e-4)
         assert [b["probs"][w] for w in WORDS] == pytest.approx([a["probs"][w] for w in WORDS], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+def test_cuda_fp16_and_fp32(tiny_dir):
+    xs = _images(4, seed=8)
+    ref = [o["score"] for o in VisibilityRater.from_pretrained(tiny_dir).rate_batch(xs)]
+    r32 = VisibilityRater.from_pretrained(tiny_dir, device="cuda", dtype="float32")
+    assert [o["score"] for o in r32.rate_batch(xs, batch_size=4)] == pytest.approx(ref, abs=1e-3)
+    r16 = VisibilityRater.from_pretrained(tiny_dir, device="cuda")  # CUDA default: float16
+    assert next(r16.model.parameters()).dtype == torch.float16
+    assert [o["score"] for o in r16.rate_batch(xs, batch_size=4)] == pytest.approx(ref, abs=0.15)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_cuda_bitsandbytes(tiny_dir, quantization):
+    pytest.importorskip("bitsandbytes", reason="quantization needs bitsandbytes")
+    r = VisibilityRater.from_pretrained(tiny_dir, device="cuda", quantization=quantization)
+    out = r.rate(_images(1)[0])
+    assert 1.0 <= out["score"] <= 5.0 and sum(out["probs"].values()) == pytest.approx(1.0, abs=1e-6)

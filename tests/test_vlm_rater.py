@@ -105,3 +105,11 @@ def test_load_rater_bad_names(tmp_path):
     (tmp_path / "nocfg").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_rater(str(tmp_path / "nocfg"))
+
+
+def test_incomplete_cache_snapshot_is_a_clear_error(hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snap = hf_cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    (snap / "model.safetensors").unlink()  # config.json cached, weights not
+    with pytest.raises(FileNotFoundError, match=r"'vlmir-tests/tiny-llava' .* is incomplete.*hf download vlmir-tests/tiny-llava"):
+        load_rater(REPO)

@@ -142,13 +142,24 @@ def load_vlm(
     """
     torch_dtype = resolve_dtype(dtype, device)
     qcfg = quantization_config(quantization, device, torch_dtype)  # validated before any file is read
-    folder, _ = resolve_model_dir(name_or_path, revision=revision)
+    folder, where = resolve_model_dir(name_or_path, revision=revision)
+    try:
+        return _load_vlm_folder(folder, device=device, torch_dtype=torch_dtype, qcfg=qcfg,
+                                trust_remote_code=trust_remote_code)
+    except OSError as e:  # a file the folder lacks (e.g. a cache holding config.json but not the weights)
+        name = os.fspath(name_or_path)
+        hint = how_to_provide(name) if where != "local" else "Save the whole model (save_pretrained) to that folder."
+        raise FileNotFoundError(f"model {name!r} at {str(folder)!r} is incomplete ({e}). {hint}") from None
+
+
+def _load_vlm_folder(folder: Path, *, device: str | torch.device, torch_dtype: torch.dtype, qcfg: Any,
+                     trust_remote_code: bool) -> tuple[Any, Any, Path]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError(f"the processor of {os.fspath(name_or_path)!r} has no tokenizer; a VLM processor is needed")
+        raise ValueError(f"the processor in {str(folder)!r} has no tokenizer; a VLM processor is needed")
     tokenizer.padding_side = "left"
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True, "trust_remote_code": trust_remote_code}
     if qcfg is not None:
