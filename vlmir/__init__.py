@@ -1,6 +1,6 @@
 """vlmir: vision-language-model guided image restoration.
 
-The public API is small and cheap to import (nothing heavy and nothing downloaded at import time)::
+The public API is small and cheap to import (torch loads on first use, nothing is downloaded at import time)::
 
     import vlmir
     x = vlmir.load_image("photo.jpg")                 # float32 (1, 3, H, W) in [0, 1]
@@ -9,9 +9,17 @@ The public API is small and cheap to import (nothing heavy and nothing downloade
     vlmir.save_image(y, "restored.png")
 """
 
-from vlmir.io import load_image, save_image
 from vlmir.registry import create_model, default_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "create_model", "default_model", "list_models", "load_image", "save_image"]
+
+
+def __getattr__(name):
+    # vlmir.io imports torch; keep `import vlmir.degradations` (data-loader workers) free of that cost.
+    if name in ("load_image", "save_image"):
+        from vlmir import io
+
+        return getattr(io, name)
+    raise AttributeError(f"module 'vlmir' has no attribute {name!r}")
