@@ -78,7 +78,7 @@ def test_hub_id_loads_from_the_local_cache_offline(hf_cache, monkeypatch):
 def test_load_rater_local_folder(tiny_dir):
     r = load_rater(str(tiny_dir), prompt="quality")
     assert isinstance(r, VisibilityRater)
-    assert r.name == str(tiny_dir) and r.random_weights is False
+    assert r.name == str(tiny_dir) and r.random_weights is True  # the tiny folder's config says so
     assert "Rate the quality of the image." in r.prompt_text
     out = r.rate(torch.full((1, 3, 16, 16), 0.5))
     assert set(out) == {"score", "vlm_vis", "probs"} and 1 <= out["score"] <= 5
@@ -113,3 +113,15 @@ def test_incomplete_cache_snapshot_is_a_clear_error(hf_cache, monkeypatch):
     (snap / "model.safetensors").unlink()  # config.json cached, weights not
     with pytest.raises(FileNotFoundError, match=r"'vlmir-tests/tiny-llava' .* is incomplete.*hf download vlmir-tests/tiny-llava"):
         load_rater(REPO)
+
+
+def test_random_weights_flag_comes_from_the_config(tiny_dir, tmp_path):
+    import json
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_dir, plain)
+    cfg = json.loads((plain / "config.json").read_text())
+    assert cfg.pop("vlmir_random_weights") is True
+    (plain / "config.json").write_text(json.dumps(cfg))
+    assert load_rater(str(plain)).random_weights is False
+    assert load_rater(str(plain), random_weights=True).random_weights is True

@@ -161,6 +161,7 @@ def save_tiny_llava(
         vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=n_image_tokens, vision_feature_select_strategy="default", vision_feature_layer=-2,
     )
+    config.vlmir_random_weights = True  # saved in config.json: raters loaded from this folder say so
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():  # larger logits than the default init, so the five level probabilities differ visibly
@@ -218,6 +219,7 @@ def save_tiny_onevision(folder: str | os.PathLike, *, seed: int = 0) -> Path:
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=grid,
     )
+    config.vlmir_random_weights = True
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     with torch.no_grad():

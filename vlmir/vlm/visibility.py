@@ -168,7 +168,8 @@ class VisibilityRater:
             of the first answer token, as in WResVLM). E.g. ``"The visibility of the image is"``.
         levels: ``(word, level)`` pairs; default excellent=5, good=4, fair=3, poor=2, bad=1.
         name: name shown to users (registry name or folder).
-        random_weights: True when the model's weights are random (tests); user-facing output must say so.
+        random_weights: True when the model's weights are random (tests); user-facing output must say so. Also
+            set when the model's config has ``vlmir_random_weights`` (folders from :mod:`vlmir.vlm.tiny`).
     """
 
     def __init__(
@@ -198,7 +199,8 @@ class VisibilityRater:
         self.answer_prefix = answer_prefix
         self.levels = levels
         self.name = name
-        self.random_weights = bool(random_weights)
+        # folders written by vlmir.vlm.tiny carry ``vlmir_random_weights`` in their config.json
+        self.random_weights = bool(random_weights) or bool(getattr(model.config, "vlmir_random_weights", False))
         self.prompt_text = self.chat_text(self.question, answer_prefix=answer_prefix)
         self.prefix_ids, self.level_ids = resolve_level_tokens(self.tokenizer, self.prompt_text, [w for w, _ in levels])
 
