@@ -259,16 +259,22 @@ def test_describe_is_greedy_and_reproducible(rater):
     assert 0 < len(a.split()) <= 6
 
 
-# ---------------------------------------------------------------------------------------------------- onevision
-def test_onevision_variable_image_tokens_batch_equals_one_by_one(tmp_path):
-    from vlmir.vlm.tiny import save_tiny_onevision
+# ---------------------------------------------------------------------------------------------------- other VLMs
+OTHER_VLMS = {
+    "llava_onevision": "<|im_start|>user <image>" + VISIBILITY_PROMPT + " <|im_end|> <|im_start|>assistant ",
+    "idefics3": "<|im_start|>User: <image>" + VISIBILITY_PROMPT + "<end_of_utterance>Assistant:",
+}
 
-    r = VisibilityRater.from_pretrained(save_tiny_onevision(tmp_path / "ov"))
-    assert r.model_type == "llava_onevision" and r.system is None
-    assert r.prompt_text == (
-        "<|im_start|>user <image>" + VISIBILITY_PROMPT + " <|im_end|> <|im_start|>assistant "
-    )
-    assert r.level_ids == {w: r.tokenizer.convert_tokens_to_ids(w) for w in WORDS}  # no space before the word
+
+@pytest.mark.parametrize("model_type", list(OTHER_VLMS))
+def test_variable_image_tokens_batch_equals_one_by_one(tmp_path, model_type):
+    from vlmir.vlm.tiny import save_tiny_onevision, save_tiny_smolvlm
+
+    save = save_tiny_onevision if model_type == "llava_onevision" else save_tiny_smolvlm
+    r = VisibilityRater.from_pretrained(save(tmp_path / model_type))
+    assert r.model_type == model_type and r.system is None and r.random_weights
+    assert r.prompt_text == OTHER_VLMS[model_type]
+    assert r.prefix_ids == [] and r.level_ids == {w: r.tokenizer.convert_tokens_to_ids(w) for w in WORDS}
     g = torch.Generator().manual_seed(7)
     xs = [torch.rand(1, 3, 32, 32, generator=g), torch.rand(1, 3, 32, 80, generator=g),
           torch.rand(1, 3, 90, 30, generator=g)]
@@ -280,6 +286,7 @@ def test_onevision_variable_image_tokens_batch_equals_one_by_one(tmp_path):
     for a, b in zip(one, batch, strict=True):
         assert b["score"] == pytest.approx(a["score"], abs=1e-4)
         assert [b["probs"][w] for w in WORDS] == pytest.approx([a["probs"][w] for w in WORDS], abs=1e-4)
+    assert isinstance(r.describe(xs[1], max_new_tokens=3), str)
 
 
 # ---------------------------------------------------------------------------------------------------- CUDA

@@ -229,3 +229,56 @@ def save_tiny_onevision(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# SmolVLM's layout: "<|im_start|>User: <image>question<end_of_utterance>Assistant:" (spaces dropped by the tokenizer).
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}{{ ': ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% else %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}{{ '<end_of_utterance>' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def save_tiny_smolvlm(folder: str | os.PathLike, *, seed: int = 0) -> Path:
+    """A random SmolVLM / Idefics3 (tiny vision tower with pixel shuffle + tiny Llama) with processor, in ``folder``.
+
+    Its processor splits an image into up to 2x2 tiles of 32 px plus a global view, each tile 4 image tokens
+    between row/column tags, so images of different shapes give prompts of different lengths (left padding).
+    """
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
+
+    tile, patch, shuffle = 32, 8, 2
+    tokenizer = build_tokenizer("wordlevel")
+    tags = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+    tags += [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer.add_tokens(tags, special_tokens=True)
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile},
+                                               do_image_splitting=True),
+        tokenizer=tokenizer, image_seq_len=(tile // patch) ** 2 // shuffle**2, chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )
+    config = Idefics3Config(
+        vision_config=Idefics3VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=tile, patch_size=patch),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=shuffle,
+    )
+    config.vlmir_random_weights = True
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
