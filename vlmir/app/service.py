@@ -371,7 +371,7 @@ def describable(name: str) -> bool:
 # ------------------------------------------------------------------------------------------ no-reference metrics
 
 _METRICS: dict[str, Any] = {}
-_METRIC_LOCK = threading.Lock()
+_METRIC_LOCK = threading.RLock()  # pyiqa metrics are shared: one call at a time
 
 
 def _pyiqa_cache_dir() -> Path:
@@ -513,10 +513,19 @@ def load_reference_table(name: str) -> Any:
     return _flatten(ev.load_reference(name))
 
 
-def load_eval_output(path: str | os.PathLike) -> tuple[Any, Any | None]:
-    """Read an eval output: a folder with ``table.csv`` / ``scores.csv``, or one of those CSV files.
+def reference_plot_input(name: str) -> Any:
+    """A reference table in the long form ``eval.plots.bar_charts`` takes."""
+    from eval.reference import reference_scores
 
-    Returns ``(table, scores_or_None)``. A folder must lie under one of :func:`eval_roots`.
+    return reference_scores(name)
+
+
+def load_eval_output(path: str | os.PathLike) -> tuple[Any, Any]:
+    """Read an eval output: a folder with ``scores.csv`` / ``table.csv``, or one of those CSV files.
+
+    Returns ``(table for display, input for plots)``: from ``scores.csv`` (preferred) the table is
+    ``eval.make_table(scores)``; from ``table.csv`` (columns ``<category>/<metric>``) the numbers as written.
+    A folder must lie under one of :func:`eval_roots`.
     """
     import pandas as pd
 
@@ -535,19 +544,29 @@ def load_eval_output(path: str | os.PathLike) -> tuple[Any, Any | None]:
         scores_p, table_p = (p, None) if _is_long(p) else (None, p)
     else:
         raise ValueError(f"{str(p)!r} is neither an eval output folder nor a .csv file")
-    scores = pd.read_csv(scores_p) if scores_p is not None and scores_p.is_file() else None
-    if scores is not None:
+    if scores_p is not None and scores_p.is_file():
+        scores = pd.read_csv(scores_p)
         need = {"method", "category", "image", "metric", "score"}
         if not need <= set(scores.columns):
             raise ValueError(f"scores.csv needs columns {sorted(need)}, found {list(scores.columns)}")
         import eval as ev
 
         table = ev.make_table(scores)
-    elif table_p is not None and table_p.is_file():
-        table = pd.read_csv(table_p)
-    else:
-        raise ValueError(f"no table.csv or scores.csv in {str(p)!r}")
-    return _flatten(table), scores
+        return _flatten(table.round(4)), table
+    if table_p is not None and table_p.is_file():
+        table = pd.read_csv(table_p, index_col=0)
+        pairs = [str(c).split("/", 1) for c in table.columns]
+        if not table.columns.size or any(len(pr) != 2 for pr in pairs):
+            raise ValueError(
+                f"{table_p.name} is not an eval table (columns <category>/<metric>): {list(table.columns)}"
+            )
+        numeric = table.apply(
+            lambda col: pd.to_numeric(col.astype(str).str.replace("*", "", regex=False), errors="coerce")
+        )
+        numeric.columns = pd.MultiIndex.from_tuples([tuple(pr) for pr in pairs], names=["category", "metric"])
+        numeric.index.name = "method"
+        return _flatten(numeric), numeric
+    raise ValueError(f"no scores.csv or table.csv in {str(p)!r}")
 
 
 def _is_long(p: Path) -> bool:

@@ -248,14 +248,12 @@ def load_tables(
         if not reference:
             raise ValueError(f"choose a reference table: {', '.join(service.reference_tables()) or '(none shipped)'}")
         table = service.load_reference_table(reference)
-        import eval as ev
-
-        plots = service.bar_charts(ev.load_reference(reference), out_dir)
+        plots = service.bar_charts(service.reference_plot_input(reference), out_dir)
         what = f"reference table **{reference}**"
     else:
         path = upload if source == "Upload CSV" else folder
-        table, scores = service.load_eval_output(path)
-        plots = service.bar_charts(scores if scores is not None else table, out_dir)
+        table, plot_input = service.load_eval_output(path)
+        plots = service.bar_charts(plot_input, out_dir)
         what = f"`{Path(str(path)).name}`"
     info = f"Loaded {what}: {len(table)} rows × {len(table.columns)} columns. Click a column header to sort."
     if not plots:
@@ -273,7 +271,7 @@ def _restorer_settings(model: str | None) -> tuple[Any, Any, Any, str]:
     md = f"{c.description}" + ("" if c.available else f"\n\n<span class='vlmir-warn'>Unavailable: {c.reason}</span>")
     types = list(c.extra.get("degradations") or ())
     return (
-        gr.update(visible=c.diffusion, maximum=max_steps, value=steps or min(max_steps, 100)),
+        gr.update(visible=c.diffusion, maximum=max_steps, value=min(int(steps or 0), max_steps)),
         gr.update(visible=c.diffusion),
         gr.update(visible=bool(types), choices=["auto", *types], value="auto"),
         md,
@@ -300,12 +298,13 @@ def _examples(pattern: str = "*") -> list[str]:
 # -------------------------------------------------------------------------------------------------------- layout
 
 
-def create_demo(*, examples: bool = True, cache_examples: bool | str = "lazy") -> gr.Blocks:
+def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blocks:
     """Build the demo.
 
     Args:
         examples: show the example images from ``assets/examples/``.
-        cache_examples: Gradio's example caching (``"lazy"``: computed on first click, then reused; ``False``).
+        cache_examples: cache example outputs lazily (computed on first click, then reused for every user);
+            ``False`` only fills the inputs.
 
     Returns:
         the ``gr.Blocks``; launch it with ``demo.queue().launch(**style_kwargs())``.
@@ -345,7 +344,15 @@ def create_demo(*, examples: bool = True, cache_examples: bool | str = "lazy") -
                         visible=False,
                     )
                     with gr.Row():
-                        r_steps = gr.Slider(1, 100, value=100, step=1, label="Sampling steps", visible=False)
+                        r_steps = gr.Slider(
+                            0,
+                            100,
+                            value=0,
+                            step=1,
+                            label="Sampling steps",
+                            visible=False,
+                            info="0 = the model's default",
+                        )
                         r_seed = gr.Number(0, precision=0, minimum=0, label="Seed", visible=False)
                     r_tile = gr.Slider(
                         0,
@@ -371,11 +378,12 @@ def create_demo(*, examples: bool = True, cache_examples: bool | str = "lazy") -
             )
             if ex and r_model.value:
                 gr.Examples(
-                    [[p, r_model.value, 100, 0, 0, "auto"] for p in ex],
+                    [[p, r_model.value, 0, 0, 0, "auto"] for p in ex],
                     [r_in, r_model, r_steps, r_seed, r_tile, r_deg],
                     [r_out, r_file, r_info],
                     fn=restore_image,
                     cache_examples=cache_examples,
+                    cache_mode="lazy",
                     label="Examples (click one)",
                     examples_per_page=12,
                 )
@@ -409,6 +417,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool | str = "lazy") -
                     [c_label, c_plot, c_info],
                     fn=classify_image,
                     cache_examples=cache_examples,
+                    cache_mode="lazy",
                     examples_per_page=12,
                 )
 
@@ -439,6 +448,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool | str = "lazy") -
                     [v_info, v_plot, v_text],
                     fn=rate_image,
                     cache_examples=cache_examples,
+                    cache_mode="lazy",
                     examples_per_page=12,
                 )
 
