@@ -117,3 +117,26 @@ def test_python_dash_m_help_lists_commands():
     assert r.returncode == 0
     for cmd in ("restore", "classify", "rate", "list-models"):
         assert cmd in r.stdout
+
+
+def test_describe_and_quality_prompt_on_a_tiny_vlm(tmp_path, images, capsys):
+    from vlmir.vlm.tiny import save_tiny_llava
+
+    paths, _ = images
+    folder = save_tiny_llava(tmp_path / "tiny-llava")
+    rc = main(["describe", paths[0], "--rater", str(folder), "--json", "--max-new-tokens", "4"])
+    out, err = capsys.readouterr()
+    row = json.loads(out)
+    assert rc == 0 and row["path"] == paths[0] and isinstance(row["description"], str)
+    assert "RANDOM weights" in err
+    vis = main(["rate", paths[0], "--json", "--rater", str(folder)])
+    r_vis = json.loads(capsys.readouterr().out)["score"]
+    qual = main(["rate", paths[0], "--json", "--rater", str(folder), "--prompt", "quality"])
+    r_qual = json.loads(capsys.readouterr().out)["score"]
+    assert vis == qual == 0 and 1 <= r_vis <= 5 and 1 <= r_qual <= 5 and r_vis != r_qual  # the prompt matters
+
+
+def test_describe_refuses_a_rater_without_descriptions(images, capsys):
+    paths, _ = images
+    rc = main(["describe", paths[0], "--rater", "test-brightness-rater"])
+    assert rc == 1 and "cannot describe" in capsys.readouterr().err

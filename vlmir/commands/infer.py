@@ -39,8 +39,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("rate", parents=[common], help="rate visibility (WResVLM r and VLM-Vis)")
     p.add_argument("--rater", default=None, help="rater name or a local VLM folder (default: the embedded rater)")
+    p.add_argument("--prompt", default=None,
+                   help="VLM raters: visibility (WResVLM, default), quality (Q-Align style) or a custom question")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run_rate)
+
+    p = sub.add_parser("describe", parents=[common], help="describe the scene with weather information (VLM raters)")
+    p.add_argument("--rater", required=True, help="a VLM rater name or local model folder (e.g. llava-1.5-7b)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON object per line, with the weather-free rewrite")
+    p.set_defaults(func=run_describe)
 
     p = sub.add_parser("list-models", help="list the registered models and whether they are available")
     p.add_argument("--task", default=None, help="restorer, classifier, rater or encoder")
@@ -117,23 +126,13 @@ def run_classify(args) -> int:
     return 1 if args._failed else 0
 
 
-def load_rater(name: str | None, device: str = "cpu"):
-    """A rater by registry name or local VLM folder (through :mod:`vlmir.vlm` when present)."""
-    try:
-        from vlmir.vlm.rater import load_rater as vlm_load_rater
-    except ModuleNotFoundError as e:
-        if e.name and not e.name.startswith("vlmir.vlm"):
-            raise
-        from vlmir.registry import create_model
-
-        return create_model(name, task="rater", device=device)
-    return vlm_load_rater(name, device=device)
-
-
 def run_rate(args) -> int:
     import torch
 
-    model = load_rater(args.rater, device=args.device)
+    from vlmir.vlm.rater import load_rater
+
+    kwargs = {"prompt": args.prompt} if args.prompt else {}
+    model = load_rater(args.rater, device=args.device, **kwargs)
     _warn_random(model)
     for path, x in _images(args):
         with torch.inference_mode():
@@ -160,3 +159,23 @@ def run_list(args) -> int:
         state = "available" if ok else f"unavailable: {reason}"
         print(f"{name:24s} {spec.task:10s} {flag:7s} {state}  {spec.description}")
     return 0
+
+
+def run_describe(args) -> int:
+    import torch
+
+    from vlmir.vlm import remove_weather
+    from vlmir.vlm.rater import load_rater
+
+    model = load_rater(args.rater, device=args.device)
+    if not hasattr(model, "describe"):
+        raise ValueError(f"rater {args.rater!r} cannot describe scenes; use a VLM rater (list-models --task rater)")
+    _warn_random(model)
+    for path, x in _images(args):
+        with torch.inference_mode():
+            text = model.describe(x.to(args.device), max_new_tokens=args.max_new_tokens, seed=args.seed)
+        if args.json:
+            print(json.dumps({"path": path, "description": text, "weather_free": remove_weather(text)}), flush=True)
+        else:
+            print(f"{path}: {text}", flush=True)
+    return 1 if args._failed else 0
