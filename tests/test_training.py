@@ -1,0 +1,171 @@
+"""Training code of the embedded models on tiny configs: losses decrease, checkpoints resume exactly, CLI, configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlmir.models.encoder import DegradationAwareEncoder
+from vlmir.models.rater import VisibilityHead
+from vlmir.models.restorer import ConditionalRestorer
+from vlmir.training.common import load_config
+from vlmir.training.data import CLASS_NAMES, HELDOUT_PHOTOS, TRAIN_PHOTOS, DataConfig, PairSampler
+from vlmir.training.train_encoder import encoder_losses
+from vlmir.training.train_rater import rater_losses, soft_levels
+from vlmir.training.train_restorer import restorer_losses
+
+TINY_ENCODER = dict(embed_dim=32, image_size=64, vision_width=8, vision_head_width=16, text_width=16, text_heads=2,
+                    text_layers=1, context_length=8)
+TINY_DATA = dict(crop=64, window=[64, 96], p_procedural=0.3)
+
+
+def _encoder_cfg(steps: int) -> dict:
+    return {"kind": "encoder", "seed": 3, "steps": steps, "batch_size": 4, "lr": 0.002, "warmup": 1, "threads": 1,
+            "log_every": 1, "checkpoint_every": 2, "model": TINY_ENCODER, "data": TINY_DATA}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: much faster than two on this shared CPU; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    return PairSampler(DataConfig(**TINY_DATA), seed=0).sample(6)
+
+
+def test_sampler_is_reproducible_and_labels_are_consistent():
+    a = PairSampler(DataConfig(**TINY_DATA), seed=5).sample(5)
+    b = PairSampler(DataConfig(**TINY_DATA), seed=5).sample(5)
+    assert torch.equal(a["lq"], b["lq"]) and a["types"] == b["types"]
+    assert a["lq"].shape == (5, 3, 64, 64) and 0 <= a["lq"].min() and a["lq"].max() <= 1
+    assert torch.allclose(a["target"].sum(1), torch.ones(5))
+    for t, tgt, sev, vis in zip(a["types"], a["target"], a["severity"], a["visibility"]):
+        if not t:
+            assert tgt[CLASS_NAMES.index("clear")] == 1 and sev == 0 and vis == 5
+        else:
+            assert {CLASS_NAMES[i] for i in torch.nonzero(tgt).flatten().tolist()} == set(t)
+            assert vis == 5 - min(int(sev), 4)
+
+
+def test_heldout_photos_are_not_training_photos():
+    assert not set(HELDOUT_PHOTOS) & set(TRAIN_PHOTOS)
+    with pytest.raises(ValueError, match="held-out"):
+        DataConfig(photos=("chelsea",))
+
+
+def _fit(model, loss_fn, steps=12, lr=3e-3):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _ = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_encoder_loss_decreases(batch):
+    torch.manual_seed(0)
+    model = DegradationAwareEncoder(**TINY_ENCODER)
+    losses = _fit(model, lambda: encoder_losses(model, batch))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_restorer_loss_decreases(batch):
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64)
+    losses = _fit(net, lambda: restorer_losses(net, enc, batch, crop=48), steps=15)
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+
+
+def test_rater_soft_levels_and_loss_decreases(batch):
+    t = soft_levels(torch.tensor([1.0, 3.0, 5.0]), smoothing=0.2)
+    assert torch.allclose(t.sum(1), torch.ones(3))
+    assert torch.allclose(t[0], torch.tensor([0.8, 0.2, 0, 0, 0]))
+    assert torch.allclose(t[1], torch.tensor([0, 0.1, 0.8, 0.1, 0]))
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    head = VisibilityHead(feature_dim=2 * 32 + len(CLASS_NAMES) + enc.pooled_dim, dropout=0.0)
+    losses = _fit(head, lambda: rater_losses(head, enc, batch), steps=20, lr=1e-2)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+
+
+def test_encoder_training_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from vlmir.training.train_encoder import train
+
+    straight = train(_encoder_cfg(4), tmp_path / "a", progress=False)
+    train(_encoder_cfg(2), tmp_path / "b", progress=False)
+    resumed = train(_encoder_cfg(4), tmp_path / "b", resume=True, progress=False)
+    assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
+    assert resumed["steps"] == straight["steps"] == 4
+    wa = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa) < 1e-5
+    cfg = json.loads((tmp_path / "a" / "final" / "config.json").read_text())
+    assert cfg["embed_dim"] == 32 and cfg["architecture"] == "DegradationAwareEncoder"
+
+
+def test_train_command_restorer_and_rater(tmp_path):
+    from vlmir.commands import main
+    from vlmir.models.embedded import build_rater, build_restorer
+
+    enc_dir = tmp_path / "enc"
+    cfg = tmp_path / "enc.json"
+    cfg.write_text(json.dumps(_encoder_cfg(1)))
+    assert main(["train", "encoder", "--config", str(cfg), "--out", str(tmp_path / "re"), "--export", str(enc_dir),
+                 "--no-progress"]) == 0
+    rcfg = {"kind": "restorer", "encoder": str(enc_dir), "steps": 2, "batch_size": 2, "restore_crop": 32,
+            "threads": 1, "model": {"width": 8, "enc_blocks": [1], "middle_blocks": 1, "dec_blocks": [1]},
+            "data": TINY_DATA}
+    (tmp_path / "r.json").write_text(json.dumps(rcfg))
+    assert main(["train", "restorer", "--config", str(tmp_path / "r.json"), "--out", str(tmp_path / "rr"),
+                 "--no-progress"]) == 0
+    qcfg = {"kind": "rater", "encoder": str(enc_dir), "steps": 2, "batch_size": 4, "threads": 1, "data": TINY_DATA}
+    (tmp_path / "q.yaml").write_text(json.dumps(qcfg))  # JSON is valid YAML
+    assert main(["train", "rater", "--config", str(tmp_path / "q.yaml"), "--out", str(tmp_path / "rq"),
+                 "--no-progress"]) == 0
+    restorer = build_restorer(path=tmp_path / "rr" / "final", encoder_path=enc_dir)
+    assert restorer.random_weights is False
+    x = torch.rand(1, 3, 70, 90)
+    assert restorer.restore(x).shape == x.shape
+    rating = build_rater(path=tmp_path / "rq" / "final", encoder_path=enc_dir).rate(x)
+    assert 1 <= rating["score"] <= 5 and abs(sum(rating["probs"].values()) - 1) < 1e-5
+
+
+def test_config_errors(tmp_path):
+    from vlmir.commands import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "painter"}))
+    with pytest.raises(ValueError, match="kind"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.json")
+    good = tmp_path / "enc.json"
+    good.write_text(json.dumps(_encoder_cfg(1)))
+    assert main(["train", "rater", "--config", str(good)]) == 1  # kind mismatch is reported, exit code 1
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "vlmir" / "training" / "configs"
+    for kind in ("encoder", "restorer", "rater"):
+        cfg = load_config(root / f"{kind}.json")
+        assert cfg["kind"] == kind
+        DataConfig(**{"crop": 128, **cfg["data"]})
