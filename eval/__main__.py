@@ -7,6 +7,7 @@ Also under ``accelerate launch -m eval run ...`` (images sharded over the proces
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (WeightsUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # other accelerate/torchrun processes: the main one reports
+        return 0
     if args.out is not None and Path(args.out, "table.md").is_file():
         print(Path(args.out, "table.md").read_text(encoding="utf-8"))
     if args.plots and args.out is not None:

@@ -23,7 +23,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 from eval.weights import METRIC_WEIGHTS, check_weights, offline_pyiqa, weight_path
 

@@ -261,12 +261,18 @@ def _metric_version(name: str, *, weights_dir, options, rater) -> str:
             f"weights={_weights_signature(name, weights_dir)}")
 
 
-def _process_state():
-    """``accelerate.PartialState`` when launched with several processes, else ``None`` (no accelerate import)."""
+def _process_state(device: str | None):
+    """``accelerate.PartialState`` when launched with several processes, else ``None`` (no accelerate import).
+
+    On CPU (``device="cpu"``, or no CUDA) the state is made with ``cpu=True``, so that ``torchrun`` / ``accelerate
+    launch`` processes join one gloo group (accelerate otherwise treats each CPU process as a lone one).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        return PartialState()
+        cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
+        return PartialState(cpu=cpu)
     return None
 
 
@@ -425,7 +431,7 @@ def run(dataset: str | os.PathLike, metrics: str | Sequence[str], reference: str
         cache = Path(out) / "score_cache.sqlite"
     kw = dict(device=device, weights_dir=weights_dir, skip_unavailable=skip_unavailable, batch_size=batch_size,
               cache=cache, rater=rater, options=options, verbose=verbose)
-    state = _process_state()
+    state = _process_state(device)
     if state is None:
         scores, report = compute_scores(dataset, metrics, reference, **kw)
     else:
