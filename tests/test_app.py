@@ -10,6 +10,7 @@ endpoints are checked against exact values computed here by the same determinist
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -479,6 +480,7 @@ def test_browser_every_tab(server, images, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    expect = pw.expect
     args = [
         "--headless",
         "--no-sandbox",
@@ -492,82 +494,92 @@ def test_browser_every_tab(server, images, tmp_path):
     shots = []
     example = sorted((ROOT / "assets" / "examples").glob("*.jpg"))[0]
 
-    def shot(page, name):
+    def shot(page, name, full_page=True):
         p = tmp_path / f"{len(shots):02d}_{name}.png"
-        page.screenshot(path=str(p), full_page=True)
+        page.screenshot(path=str(p), full_page=full_page)  # the error toast is fixed-position: viewport shot
         shots.append(p)
 
     with pw.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         page = browser.new_page(viewport={"width": 1360, "height": 900})
-        page.goto(server["url"], wait_until="networkidle")
-        page.get_by_text("vision-language guided image restoration").first.wait_for()
-        shot(page, "home")
-
-        def panel(tab):
-            page.get_by_role("tab", name=tab).click()
-            return page.locator("[role=tabpanel]:visible").first
-
-        def pick(pnl, label, option):
-            pnl.get_by_label(label).first.click()
-            page.get_by_role("option", name=option).first.click()
-
-        def upload(pnl, path):
-            pnl.locator("input[type=file]").first.set_input_files(str(path))
-            pnl.locator("img").first.wait_for(timeout=20_000)
-
-        # Restore: the seeded test sampler shows steps and seed; the slider shows before/after.
-        pnl = panel("Restore")
-        upload(pnl, example)
-        pick(pnl, "Restorer", "test-diffusion")
-        pnl.get_by_label("Sampling steps").first.wait_for()
-        pnl.get_by_role("button", name="Restore").click()
-        page.get_by_text("restored a").first.wait_for(timeout=60_000)
-        page.get_by_text("RANDOM weights").first.wait_for()
-        shot(page, "restore")
-
-        # Degradation type
-        pnl = panel("Degradation type")
-        upload(pnl, example)
-        pick(pnl, "Classifier", "test-classifier")
-        pnl.get_by_role("button", name="Classify").click()
-        page.get_by_text("Most likely degradation").first.wait_for(timeout=60_000)
-        pnl.locator("canvas, svg").first.wait_for(timeout=20_000)
-        shot(page, "classify")
-
-        # Visibility rating, with a description
-        pnl = panel("Visibility rating")
-        upload(pnl, example)
-        pick(pnl, "Rater", "test-rater")
-        pnl.get_by_label("Describe the scene").check()
-        pnl.get_by_role("button", name="Rate visibility").click()
-        page.get_by_text("VLM-Vis =").first.wait_for(timeout=60_000)
-        page.get_by_text("a test scene of mean brightness").first.wait_for()
-        shot(page, "rate")
-
-        # Compare: tick the test sampler beside what is ticked by default
-        pnl = panel("Compare")
-        upload(pnl, example)
-        pnl.get_by_label("test-diffusion").check()
-        pnl.get_by_role("button", name="Compare").click()
-        page.get_by_text("No-reference metrics:").first.wait_for(timeout=120_000)
-        shot(page, "compare")
-
-        # Metric tables: the shipped reference table when the eval module has one
-        pnl = panel("Metric tables")
-        pnl.get_by_role("button", name="Load table").click()
-        page.get_by_text("Click a column header to sort").first.wait_for(timeout=60_000)
-        shot(page, "tables")
-
-        # A bad upload shows an error toast and the page stays usable
-        pnl = panel("Degradation type")
-        pnl.locator("input[type=file]").first.set_input_files(str(images / "text.jpg"))
-        pnl.get_by_role("button", name="Classify").click()
-        page.get_by_text("not a readable image").first.wait_for(timeout=30_000)
-        shot(page, "error")
-        browser.close()
-
-    SCREENS.mkdir(parents=True, exist_ok=True)
+        try:
+            _browse(page, server, images, shot, expect, example)
+        except Exception:
+            shot(page, "failure")
+            raise
+        finally:
+            SCREENS.mkdir(parents=True, exist_ok=True)
+            for s in shots:
+                shutil.copy(s, SCREENS / s.name)
+            browser.close()
     for s in shots:
         assert s.stat().st_size > 10_000
-        shutil.copy(s, SCREENS / s.name)
+
+
+def _browse(page, server, images, shot, expect, example):
+    """Use every tab of the demo like a visitor would (test-model choices make the results exact)."""
+    page.goto(server["url"], wait_until="networkidle")
+    page.get_by_text("vision-language guided image restoration").first.wait_for()
+    shot(page, "home")
+
+    def panel(tab):
+        page.get_by_role("tab", name=tab).click()
+        return page.locator("[role=tabpanel]:visible").first
+
+    def pick(pnl, label, option):
+        pnl.get_by_label(label).first.click()
+        page.get_by_role("option", name=option).first.click()
+
+    def upload(pnl, path):
+        pnl.locator("input[type=file]").first.set_input_files(str(path))
+        pnl.locator("img").first.wait_for(timeout=20_000)
+
+    # Restore: the seeded test sampler shows steps and seed; the slider shows before/after.
+    pnl = panel("Restore")
+    upload(pnl, example)
+    pick(pnl, "Restorer", "test-diffusion")
+    pnl.get_by_label("Sampling steps").first.wait_for()
+    pnl.get_by_role("button", name="Restore").click()
+    page.get_by_text("restored a").first.wait_for(timeout=60_000)
+    page.get_by_text("RANDOM weights").first.wait_for()
+    shot(page, "restore")
+
+    # Degradation type
+    pnl = panel("Degradation type")
+    upload(pnl, example)
+    pick(pnl, "Classifier", "test-classifier")
+    pnl.get_by_role("button", name="Classify").click()
+    page.get_by_text("Most likely degradation").first.wait_for(timeout=60_000)
+    pnl.locator("canvas, svg").first.wait_for(timeout=20_000)
+    shot(page, "classify")
+
+    # Visibility rating, with a description
+    pnl = panel("Visibility rating")
+    upload(pnl, example)
+    pick(pnl, "Rater", "test-rater")
+    pnl.get_by_label("Describe the scene").check()
+    pnl.get_by_role("button", name="Rate visibility").click()
+    page.get_by_text("VLM-Vis =").first.wait_for(timeout=60_000)
+    expect(pnl.get_by_label("Scene description")).to_have_value(re.compile("a test scene of mean brightness"))
+    shot(page, "rate")
+
+    # Compare: tick the test sampler beside what is ticked by default
+    pnl = panel("Compare")
+    upload(pnl, example)
+    pnl.get_by_label("test-diffusion").check()
+    pnl.get_by_role("button", name="Compare").click()
+    page.get_by_text("No-reference metrics:").first.wait_for(timeout=120_000)
+    shot(page, "compare")
+
+    # Metric tables: the shipped reference table when the eval module has one
+    pnl = panel("Metric tables")
+    pnl.get_by_role("button", name="Load table").click()
+    page.get_by_text("Click a column header to sort").first.wait_for(timeout=60_000)
+    shot(page, "tables")
+
+    # A bad upload shows an error toast and the page stays usable
+    pnl = panel("Degradation type")
+    pnl.locator("input[type=file]").first.set_input_files(str(images / "text.jpg"))
+    pnl.get_by_role("button", name="Classify").click()
+    page.get_by_text("not a readable image").first.wait_for(timeout=30_000)
+    shot(page, "error", full_page=False)

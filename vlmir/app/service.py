@@ -88,6 +88,11 @@ class ModelChoice:
     def diffusion(self) -> bool:
         return bool(self.extra.get("diffusion"))
 
+    @property
+    def default_steps(self) -> int:
+        """Sampling steps the model uses by default (``extra["steps"]`` or ``extra["default_steps"]``), 0 if unknown."""
+        return int(self.extra.get("steps") or self.extra.get("default_steps") or 0)
+
 
 def model_choices(task: str) -> list[ModelChoice]:
     """Every registered model of ``task``: the default first, then available ones, then unavailable ones."""
@@ -100,9 +105,14 @@ def model_choices(task: str) -> list[ModelChoice]:
             ok, reason = spec.availability()
         except Exception as e:  # an availability check that breaks must not take the dropdown down; show why
             ok, reason = False, f"availability check failed: {type(e).__name__}: {e}"
-        label = name if ok else f"{name} (unavailable: {reason})"
-        if ok and spec.default:
+        if not ok:
+            label = f"{name} (unavailable: {reason})"
+        elif spec.default:
             label = f"{name} (default)"
+        elif "download" in reason:
+            label = f"{name} (downloads its weights on first use)"
+        else:
+            label = name
         out.append(ModelChoice(name, task, label, ok, reason, spec.description, spec.default, dict(spec.extra or {})))
     out.sort(key=lambda c: (not c.default, not c.available, c.name))
     return out
@@ -288,7 +298,7 @@ def restore(
         steps: sampling steps, used only for diffusion models (``spec.extra["diffusion"]``).
         seed: seed of stochastic samplers (0 .. 2**31 - 1).
         tile: tile size in pixels (``None`` or 0: the model's own default), 64 .. 4096.
-        progress: ``progress(step, total)`` callback passed to diffusion models.
+        progress: ``progress(done, total)`` callback (sampling steps of diffusion models, tiles of others).
         degradation: the degradation type, for restorers that take one (``spec.extra["degradations"]``, e.g.
             ``classical``); ``None`` or ``"auto"`` lets the model predict it.
         stem: file name stem for the PNGs.
@@ -298,10 +308,10 @@ def restore(
     seed = _check_int(seed, "seed", 0, 2**31 - 1)
     tile_px = None if tile in (None, 0, "0", "") else _check_int(tile, "tile size", 64, 4096)
     kwargs: dict[str, Any] = {"seed": seed, "tile": tile_px}
+    kwargs["progress"] = progress  # per sampling step (diffusion) or per tile
     if c.diffusion:
         max_steps = int(c.extra.get("max_steps", 1000))
         kwargs["steps"] = None if steps in (None, 0) else _check_int(steps, "steps", 1, max_steps)
-        kwargs["progress"] = progress
     types = tuple(c.extra.get("degradations") or ())
     if types and degradation not in (None, "", "auto"):
         if degradation not in types:
@@ -389,8 +399,12 @@ def nr_metrics_available() -> list[str]:
     return [m for m, f in NR_METRICS.items() if f is None or (cache / f).is_file()]
 
 
+METRIC_NAMES = {"piqe": "PIQE", "niqe": "NIQE", "brisque": "BRISQUE", "entropy": "Entropy"}
+
+
 def lower_better(metric: str) -> bool:
-    return metric in ("piqe", "niqe", "brisque")
+    """Whether a lower score is better for a Compare metric (pyiqa name or display name)."""
+    return metric.lower() in ("piqe", "niqe", "brisque")
 
 
 def _metric(name: str) -> Any:
@@ -404,22 +418,32 @@ def _metric(name: str) -> Any:
         return m
 
 
+def compare_rater() -> str | None:
+    """The rater behind the Compare tab's VLM-Vis: ``embedded-rater`` when registered and available, else the
+    first available rater that needs no download, else ``None`` (no VLM-Vis column)."""
+    cs = [c for c in model_choices("rater") if c.available and "download" not in c.reason]
+    for c in cs:
+        if c.name == "embedded-rater":
+            return c.name
+    return cs[0].name if cs else None
+
+
 def nr_scores(x: torch.Tensor, *, rater: str | None = None, metrics: list[str] | None = None) -> dict[str, float]:
     """No-reference scores of ``x``: ``VLM-Vis`` from ``rater`` (default: the default rater) and pyiqa metrics.
 
     A metric that cannot score this image (e.g. too small) gets ``nan``.
     """
     out: dict[str, float] = {}
-    rater = rater or default_choice("rater")
+    rater = rater or compare_rater()
     if rater is not None:
         out["VLM-Vis"] = rate(x, rater)["vlm_vis"]
     xm = x.detach().float().cpu()
     for m in metrics if metrics is not None else nr_metrics_available():
         try:
             with torch.inference_mode(), _METRIC_LOCK:
-                out[m.upper()] = float(_metric(m)(xm).mean())
+                out[METRIC_NAMES.get(m, m)] = float(_metric(m)(xm).mean())
         except (RuntimeError, ValueError, IndexError, ZeroDivisionError):  # pyiqa fails on tiny images
-            out[m.upper()] = float("nan")
+            out[METRIC_NAMES.get(m, m)] = float("nan")
     return out
 
 

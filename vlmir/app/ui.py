@@ -232,6 +232,11 @@ def compare_methods(
         )
         if r.note:
             notes.append(r.note)
+    rater = service.compare_rater()
+    if rater is not None:
+        note = service.random_note(service.MODELS.get(rater, "rater"), rater)
+        if note:
+            notes.append(f"VLM-Vis comes from {rater!r}. {note}")
     metrics = [k for k in rows[0].scores]
     arrows = ", ".join(f"{k} {'↓' if service.lower_better(k.lower()) else '↑'}" for k in metrics)
     info = f"{len(methods)} method(s) on a {_size_line(x)} image. No-reference metrics: {arrows or 'none available'}."
@@ -266,12 +271,16 @@ def _restorer_settings(model: str | None) -> tuple[Any, Any, Any, str]:
     if not model:
         return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False), ""
     c = service.choice(model, "restorer")
-    steps = c.extra.get("steps", 0)
-    max_steps = int(c.extra.get("max_steps", max(100, steps or 0)))
-    md = f"{c.description}" + ("" if c.available else f"\n\n<span class='vlmir-warn'>Unavailable: {c.reason}</span>")
+    steps = c.default_steps
+    max_steps = int(c.extra.get("max_steps", max(100, steps)))
+    md = c.description
+    if not c.available:
+        md += f"\n\n<span class='vlmir-warn'>Unavailable: {c.reason}</span>"
+    elif c.reason:
+        md += f"\n\n<span class='vlmir-note'>{c.reason}</span>"
     types = list(c.extra.get("degradations") or ())
     return (
-        gr.update(visible=c.diffusion, maximum=max_steps, value=min(int(steps or 0), max_steps)),
+        gr.update(visible=c.diffusion, maximum=max_steps, value=min(steps, max_steps)),
         gr.update(visible=c.diffusion),
         gr.update(visible=bool(types), choices=["auto", *types], value="auto"),
         md,
@@ -293,6 +302,23 @@ def _examples(pattern: str = "*") -> list[str]:
     if not EXAMPLES_DIR.is_dir():
         return []
     return sorted(str(p) for p in EXAMPLES_DIR.glob(pattern) if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def _example_block(ex: list[str], inp: gr.Image, outputs: list[Any], fn: Callable[..., Any], cache: bool) -> None:
+    """Example thumbnails that fill ``inp``; with ``cache``, clicking one also shows the default model's result,
+    computed on first click and then reused (Gradio's lazy example cache)."""
+    if not ex:
+        return
+    gr.Examples(
+        [[p] for p in ex],
+        [inp],
+        outputs if cache else None,
+        fn=fn if cache else None,
+        cache_examples=cache,
+        cache_mode="lazy" if cache else None,
+        label="Examples: synthetic degradations of public-domain photos (click one)",
+        examples_per_page=12,
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- layout
@@ -343,7 +369,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                         info="For restorers that take the type; auto = predicted by the classifier.",
                         visible=False,
                     )
-                    with gr.Row():
+                    with gr.Group():
                         r_steps = gr.Slider(
                             0,
                             100,
@@ -351,7 +377,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                             step=1,
                             label="Sampling steps",
                             visible=False,
-                            info="0 = the model's default",
+                            info="Diffusion restorers only; 0 = the model's default.",
                         )
                         r_seed = gr.Number(0, precision=0, minimum=0, label="Seed", visible=False)
                     r_tile = gr.Slider(
@@ -376,16 +402,10 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                 api_name="restore",
                 concurrency_limit=2,
             )
-            if ex and r_model.value:
-                gr.Examples(
-                    [[p, r_model.value, 0, 0, 0, "auto"] for p in ex],
-                    [r_in, r_model, r_steps, r_seed, r_tile, r_deg],
-                    [r_out, r_file, r_info],
-                    fn=restore_image,
-                    cache_examples=cache_examples,
-                    cache_mode="lazy",
-                    label="Examples (click one)",
-                    examples_per_page=12,
+            r_default = r_model.value
+            if r_default:
+                _example_block(
+                    ex, r_in, [r_out, r_file, r_info], lambda img: restore_image(img, r_default), cache_examples
                 )
 
         # ------------------------------------------------------------------------------ Degradation type
@@ -410,15 +430,10 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                         x_label_angle=-30,
                     )
             c_btn.click(classify_image, [c_in, c_model], [c_label, c_plot, c_info], api_name="classify")
-            if ex and c_model.value:
-                gr.Examples(
-                    [[p, c_model.value] for p in ex],
-                    [c_in, c_model],
-                    [c_label, c_plot, c_info],
-                    fn=classify_image,
-                    cache_examples=cache_examples,
-                    cache_mode="lazy",
-                    examples_per_page=12,
+            c_default = c_model.value
+            if c_default:
+                _example_block(
+                    ex, c_in, [c_label, c_plot, c_info], lambda img: classify_image(img, c_default), cache_examples
                 )
 
         # ----------------------------------------------------------------------------- Visibility rating
@@ -427,7 +442,11 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                 with gr.Column(scale=2):
                     v_in = raw_image(label="Image", height=380, placeholder=upload_info)
                     v_model = gr.Dropdown(_choices("rater"), value=service.default_choice("rater"), label="Rater")
-                    v_desc = gr.Checkbox(False, label="Describe the scene (VLM raters only)")
+                    v_desc = gr.Checkbox(
+                        False,
+                        label="Describe the scene (VLM raters only)",
+                        info="WResVLM's prompt: describe the scene with weather information.",
+                    )
                     v_btn = gr.Button("Rate visibility", variant="primary")
                 with gr.Column(scale=3):
                     v_info = gr.Markdown()
@@ -441,15 +460,10 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                     )
                     v_text = gr.Textbox(label="Scene description", lines=3, interactive=False)
             v_btn.click(rate_image, [v_in, v_model, v_desc], [v_info, v_plot, v_text], api_name="rate")
-            if ex and v_model.value:
-                gr.Examples(
-                    [[p, v_model.value, False] for p in ex],
-                    [v_in, v_model, v_desc],
-                    [v_info, v_plot, v_text],
-                    fn=rate_image,
-                    cache_examples=cache_examples,
-                    cache_mode="lazy",
-                    examples_per_page=12,
+            v_default = v_model.value
+            if v_default:
+                _example_block(
+                    ex, v_in, [v_info, v_plot, v_text], lambda img: rate_image(img, v_default), cache_examples
                 )
 
         # ------------------------------------------------------------------------------------- Compare
@@ -476,12 +490,13 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                     k_btn = gr.Button("Compare", variant="primary")
                 with gr.Column(scale=3):
                     k_gallery = gr.Gallery(
-                        label="Input and results", columns=2, height=520, object_fit="contain", format="png"
+                        label="Input and results", columns=2, height="auto", object_fit="contain", format="png"
                     )
                     k_info = gr.Markdown()
                     k_table = gr.Dataframe(
                         label="No-reference metrics (↑ higher is better, ↓ lower is better)", interactive=False
                     )
+            _example_block(ex, k_in, [], compare_methods, False)
             k_btn.click(
                 compare_methods,
                 [k_in, k_methods, k_steps, k_seed, k_deg],
@@ -493,6 +508,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
         # -------------------------------------------------------------------------------- Metric tables
         with gr.Tab("Metric tables", id="tables"):
             refs = service.reference_tables()
+            first = next((r for r in refs if "table1" in r), refs[0] if refs else None)
             with gr.Row():
                 with gr.Column(scale=1):
                     t_source = gr.Radio(
@@ -502,7 +518,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                     )
                     t_ref = gr.Dropdown(
                         refs,
-                        value=refs[0] if refs else None,
+                        value=first,
                         label="Shipped reference table",
                         info="Published tables (WResVLM) shipped with the eval module.",
                     )
@@ -516,7 +532,7 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                 with gr.Column(scale=3):
                     t_info = gr.Markdown()
                     t_table = gr.Dataframe(label="Metric table", interactive=False, wrap=True)
-                    t_plots = gr.Gallery(label="Per-metric bar charts", columns=2, height=480, object_fit="contain")
+                    t_plots = gr.Gallery(label="Per-metric bar charts", columns=2, height="auto", object_fit="contain")
             t_btn.click(
                 load_tables, [t_source, t_ref, t_folder, t_upload], [t_table, t_plots, t_info], api_name="tables"
             )
