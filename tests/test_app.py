@@ -43,8 +43,14 @@ class TestDiffusion:
         steps = steps or 4
         g = torch.Generator().manual_seed(int(seed))
         y = x.clone()
+        if tile:  # blend towards each tile's own mean, so tiling shows in the output
+            t = int(tile)
+            target = torch.nn.functional.avg_pool2d(x, t, ceil_mode=True)
+            target = target.repeat_interleave(t, 2).repeat_interleave(t, 3)[..., : x.shape[2], : x.shape[3]]
+        else:
+            target = x.mean()
         for i in range(steps):
-            y = 0.9 * y + 0.1 * x.mean() + 0.01 * torch.randn(y.shape, generator=g)
+            y = 0.9 * y + 0.1 * target + 0.01 * torch.randn(y.shape, generator=g)
             if progress is not None:
                 progress(i + 1, steps)
         return y.clamp(0, 1)
@@ -138,6 +144,7 @@ def server(tmp_path_factory):
         HF_HUB_OFFLINE="1",
         GRADIO_ANALYTICS_ENABLED="False",
         PYTHONUNBUFFERED="1",
+        VLMIR_APP_WARMUP="0",
     )
     log = open(out / "server.log", "w")
     code = f"import sys; sys.path[:0] = [{str(ROOT / 'tests')!r}, {str(ROOT)!r}]; import test_app; test_app.serve()"
@@ -237,6 +244,56 @@ def test_restore_seeded_diffusion_is_reproducible_and_labelled_random(client, im
     (_, out3), _, _ = client.predict(_f(images / "rgb.png"), "test-diffusion", 6, 4, 0, "auto", api_name="/restore")
     assert np.array_equal(_png(out2), _png(out))
     assert not np.array_equal(_png(out3), _png(out))
+
+
+def test_restore_passes_the_tile_size(client, images):
+    x = torch.from_numpy(_png(images / "rgb.png")).permute(2, 0, 1)[None].float() / 255
+    (_, out), _, _ = client.predict(_f(images / "rgb.png"), "test-diffusion", 2, 0, 64, "auto", api_name="/restore")
+    expect = TestDiffusion().restore(x, steps=2, seed=0, tile=32 * 2)
+    np.testing.assert_allclose(_png(out) / 255, expect[0].permute(1, 2, 0).numpy(), atol=1.01 / 255)
+    msg = _app_error(client, _f(images / "rgb.png"), "test-diffusion", 2, 0, 10, "auto", api_name="/restore")
+    assert "tile size must be in [64, 4096]" in msg
+
+
+def _package_models(task):
+    from vlmir.app import service
+
+    return [
+        c.name
+        for c in service.model_choices(task)
+        if c.available and "download" not in c.reason and not c.name.startswith("test-")
+    ]
+
+
+def test_package_models_serve_every_endpoint(client, images):
+    """Whatever the package registers (embedded defaults, classical, ...) answers through the app."""
+    restorers, classifiers, raters = (_package_models(t) for t in ("restorer", "classifier", "rater"))
+    if not restorers:
+        pytest.skip("no package restorer is available")
+    for name in restorers:
+        (inp, out), _, info = client.predict(_f(images / "rgb.png"), name, 0, 0, 0, "noisy", api_name="/restore")
+        assert _png(out).shape == _png(inp).shape == (48, 64, 3), name
+        assert f"**{name}** restored a 64×48 image" in info
+    for name in classifiers:
+        label, plot, _ = client.predict(_f(images / "rgb.png"), name, api_name="/classify")
+        rows = plot["value"]["data"] if "value" in plot else plot["data"]
+        probs = {r[0]: r[1] for r in rows}  # the bar chart holds every type, the label the top 3
+        assert len(probs) >= 10 and sum(probs.values()) == pytest.approx(1.0, abs=1e-2), name
+        assert label["label"] == max(probs, key=probs.get)
+    for name in raters:
+        info, plot, _ = client.predict(_f(images / "rgb.png"), name, False, api_name="/rate")
+        m = re.search(r"r = ([0-9.]+) / 5 .* VLM-Vis = ([0-9.]+)", info)
+        r, vis = float(m.group(1)), float(m.group(2))
+        assert 1 <= r <= 5 and vis == pytest.approx((r - 1) / 4, abs=2e-3), name
+    gallery, table, _ = client.predict(_f(images / "rgb.png"), restorers[:2], 0, 0, "noisy", api_name="/compare")
+    assert [row[0] for row in table["data"]] == ["input", *restorers[:2]]
+
+
+def test_the_pixel_limit_is_shown_in_the_ui(server):
+    import urllib.request
+
+    config = urllib.request.urlopen(server["url"] + "config", timeout=10).read().decode()
+    assert "up to 20 MP (VLMIR_MAX_PIXELS)" in config
 
 
 def test_restore_classical_given_type_keeps_size_and_changes_pixels(client, images):
@@ -430,6 +487,17 @@ def test_model_cache_builds_each_model_once_across_threads():
     for t in threads:
         t.join()
     assert len(calls) == 1 and len({id(g) for g in got}) == 1
+
+
+def test_warm_up_builds_and_runs_the_given_models(monkeypatch):
+    from vlmir.app import service
+
+    register_test_models()
+    cache = service.ModelCache(device="cpu")
+    monkeypatch.setattr(service, "MODELS", cache)
+    done = service.warm_up([("test-classifier", "classifier"), ("test-rater", "rater"), ("test-offline", "restorer")])
+    assert done == ["test-classifier", "test-rater"]  # the unavailable one is skipped, not fatal
+    assert cache.loaded() == ["test-classifier", "test-rater"]
 
 
 def test_request_dirs_are_unique_and_old_ones_are_pruned(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -616,3 +617,36 @@ def degradation_types() -> list[str]:
             if t not in seen:
                 seen.append(t)
     return seen
+
+
+def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 64) -> list[str]:
+    """Build models ahead of the first request and run each once on a small grey image, so the first visitor does
+    not wait for weight loading and first-call set-up. Called in a background thread after launch (never at import).
+
+    Args:
+        models: ``(name, task)`` pairs; default: each task's default choice that is available without a download.
+        size: side of the warm-up image in pixels.
+
+    Returns:
+        the names warmed up. A model that fails here is skipped (its error shows on first real use).
+    """
+    if models is None:
+        models = []
+        for task in ("restorer", "classifier", "rater"):
+            c = next((c for c in model_choices(task) if c.available and "download" not in c.reason), None)
+            if c is not None:
+                models.append((c.name, task))
+    x = torch.full((1, 3, size, size), 0.5)
+    done = []
+    for name, task in models:
+        try:
+            if task == "restorer":
+                restore(x, name, out_dir=request_dir(), stem="warmup")
+            elif task == "classifier":
+                classify(x, name)
+            elif task == "rater":
+                rate(x, name)
+            done.append(name)
+        except Exception as e:  # reported, not fatal: warm-up is an optimisation only
+            print(f"vlmir app: warm-up of {name!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return done
