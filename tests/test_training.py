@@ -169,3 +169,18 @@ def test_shipped_configs_parse():
         cfg = load_config(root / f"{kind}.json")
         assert cfg["kind"] == kind
         DataConfig(**{"crop": 128, **cfg["data"]})
+
+
+def test_model_card_states_data_command_and_numbers(tmp_path):
+    from vlmir.training.card import write_card
+    from vlmir.training.common import export_weights
+
+    head = VisibilityHead(feature_dim=8)
+    export_weights(tmp_path, model=head, model_config=head.config, train_config={"kind": "rater", "steps": 7},
+                   metrics={"train": {"steps": 7, "wall_s": 120.0, "loss": 0.5}})
+    val = {"rater": {"spearman_severity_r": -0.9, "spearman_severity_r_clean_2_3": -0.8,
+                     "clean_above_severity4": 0.97, "mean_r_by_severity": {"0": 4.8, "4": 1.3}, "n_images": 153}}
+    text = write_card(tmp_path, "rater", val, command="python -m vlmir train rater --config X").read_text()
+    assert "trained from scratch on 18 photos" in text.lower() and "not a general-purpose model" in text
+    assert "python -m vlmir train rater --config X" in text and "-0.900" in text and "97.0%" in text
+    assert "steps: 7" in text and "2.0 min" in text and "chelsea" in text

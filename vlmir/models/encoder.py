@@ -168,11 +168,12 @@ class DegradationAwareEncoder(nn.Module):
         return {"content": visual.attnpool(h), "degradation": ctrl.attnpool(c), "pooled": pooled}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`forward_features` plus ``logits`` (B, K) over the names and ``logit_scale`` (the training step,
-        in one call so that distributed wrappers see every parameter used)."""
+        """:meth:`forward_features` plus ``logits`` (B, K) over the names, ``name_embeddings`` (K, D) and
+        ``logit_scale`` (the training step, in one call so that distributed wrappers see every parameter used)."""
         f = self.forward_features(x)
         f["logit_scale"] = self.logit_scale()
-        f["logits"] = self.degradation_logits(f["degradation"])
+        f["name_embeddings"] = self.name_embeddings()
+        f["logits"] = f["logit_scale"] * F.normalize(f["degradation"], dim=-1) @ f["name_embeddings"].t()
         return f
 
     def encode_image(self, x: torch.Tensor, control: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

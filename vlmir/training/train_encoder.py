@@ -7,7 +7,12 @@ Losses as in DA-CLIP (Luo et al., ICLR 2024, Sec. 3.2), both CLIP-style contrast
 - content: the LQ image's content embedding against the clean image's content embedding (stop-gradient target;
   in-batch negatives, symmetric), standing in for DA-CLIP's caption embedding (we have no captions).
 
-``loss = degradation_weight * L_degra + content_weight * L_content``.
+Deviation: DA-CLIP starts from a pretrained CLIP whose text embeddings of the names are already distinct; a text
+tower trained from scratch starts with nearly identical name embeddings (cosine ~0.95), which stalls the
+degradation loss. A separation term ``L_sep = mean_{i != j} cos(t_i, t_j)^2`` over the K name embeddings and a
+larger learning rate for the text tower (``text_lr_mult``) fix that.
+
+``loss = degradation_weight * L_degra + content_weight * L_content + text_sep_weight * L_sep``.
 """
 
 from __future__ import annotations
@@ -33,9 +38,13 @@ from vlmir.training.data import CLASS_NAMES, DataConfig, PairSampler
 
 
 def encoder_losses(model: torch.nn.Module, batch: dict, *, content_weight: float = 1.0,
-                   degradation_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """DA-CLIP's two contrastive losses on one batch; returns ``(loss, logs)``."""
+                   degradation_weight: float = 1.0, text_sep_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """DA-CLIP's two contrastive losses (+ the name separation term) on one batch; returns ``(loss, logs)``."""
     f = model(batch["lq"])
+    names = f["name_embeddings"]  # (K, D), normalised
+    k = names.shape[0]
+    sim = names @ names.t()
+    loss_sep = (sim - torch.eye(k, device=sim.device)).pow(2).sum() / (k * (k - 1))
     loss_deg = torch.sum(-batch["target"] * F.log_softmax(f["logits"], dim=1), dim=1).mean()
     with torch.no_grad():
         target_content = F.normalize(model(batch["clean"])["content"], dim=-1)
@@ -44,11 +53,27 @@ def encoder_losses(model: torch.nn.Module, batch: dict, *, content_weight: float
     logits = scale * content @ target_content.t()  # (B, B): LQ content vs clean content
     labels = torch.arange(logits.shape[0], device=logits.device)
     loss_con = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
-    loss = degradation_weight * loss_deg + content_weight * loss_con
+    loss = degradation_weight * loss_deg + content_weight * loss_con + text_sep_weight * loss_sep
     single = batch["target"].max(1).values > 0.99
     acc = (f["logits"].argmax(1) == batch["target"].argmax(1))[single].float().mean().item() if single.any() else 0.0
-    return loss, {"loss": loss.item(), "degra": loss_deg.item(), "content": loss_con.item(), "acc": acc,
+    return loss, {"loss": loss.item(), "degra": loss_deg.item(), "content": loss_con.item(), "sep": loss_sep.item(), "acc": acc,
                   "scale": float(scale.detach())}
+
+
+_TEXT_PREFIXES = ("clip.token_embedding", "clip.positional_embedding", "clip.transformer", "clip.ln_final",
+                  "clip.text_projection")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, text_lr_mult: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices and kernels only; the text tower's learning rate times
+    ``text_lr_mult``."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        text = name.startswith(_TEXT_PREFIXES)
+        decay = p.ndim >= 2 and "embedding" not in name
+        groups.setdefault((text, decay), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_mult": text_lr_mult if text else 1.0}
+            for (text, decay), ps in groups.items()]
 
 
 def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
@@ -72,7 +97,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     model = DegradationAwareEncoder(**model_cfg)
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 50))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.05)))
+    opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05)),
+                                         float(cfg.get("text_lr_mult", 1.0))), lr=lr)
     sampler = PairSampler(DataConfig(**cfg.get("data", {})), seed=seed + acc.process_index)
     loss_cfg = cfg.get("loss", {})
     step, spent = 0, 0.0
@@ -94,11 +120,12 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="encoder", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup)
+            g["lr"] = cosine_lr(step, steps, lr, warmup) * g.get("lr_mult", 1.0)
         batch = sampler.sample(bs)
         batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, logs = encoder_losses(model, batch, content_weight=float(loss_cfg.get("content_weight", 1.0)),
-                                    degradation_weight=float(loss_cfg.get("degradation_weight", 1.0)))
+                                    degradation_weight=float(loss_cfg.get("degradation_weight", 1.0)),
+                                    text_sep_weight=float(loss_cfg.get("text_sep_weight", 0.0)))
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()

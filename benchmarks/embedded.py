@@ -1,0 +1,69 @@
+"""Latency and peak memory of the embedded default models at 512x512 on this CPU.
+
+``python benchmarks/embedded.py [--size 512] [--runs 5] [--threads 2] [--json OUT]`` prints, per task, the median
+wall time of ``restore``, ``classify`` and ``rate`` over ``--runs`` runs after one warm-up, the peak Python heap
+growth during one call (``tracemalloc``; torch's own buffers are not traced) and the process's peak resident set
+size (``resource.getrusage``, which includes the models and the interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _bench(fn, x, runs: int) -> dict:
+    fn(x)  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    fn(x)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs,
+            "tracemalloc_peak_mib": peak / 2**20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args(argv)
+    import torch
+
+    from vlmir.registry import create_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, args.size, args.size)
+    results = {"size": args.size, "threads": args.threads, "torch": torch.__version__}
+    for task, name, method in (("restorer", "embedded", "restore"), ("classifier", "embedded-classifier", "classify"),
+                               ("rater", "embedded-rater", "rate")):
+        model = create_model(name)
+        r = _bench(getattr(model, method), x, args.runs)
+        r["random_weights"] = bool(model.random_weights)
+        results[task] = r
+        print(f"{name:22s} {method:9s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
+              f"tracemalloc peak {r['tracemalloc_peak_mib']:.1f} MiB", flush=True)
+    results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {results['max_rss_mib']:.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""Embedded default models: registry, contracts, any-size restore with tiling, and the shipped weights' outputs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from vlmir.models import embedded
+from vlmir.models.embedded import EmbeddedRestorer, build_classifier, build_rater, build_restorer
+from vlmir.models.encoder import DEGRADATION_NAMES, DegradationAwareEncoder
+from vlmir.models.restorer import ConditionalRestorer
+from vlmir.registry import create_model, get_spec, list_models
+
+SHIPPED = all((d / "model.safetensors").is_file() for d in (embedded.ENCODER_DIR, embedded.RESTORER_DIR, embedded.RATER_DIR))
+needs_weights = pytest.mark.skipif(not SHIPPED, reason="shipped weights not in assets/weights (train them first)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_registered_as_defaults():
+    names = {"embedded": "restorer", "embedded-classifier": "classifier", "embedded-rater": "rater",
+             "embedded-encoder": "encoder"}
+    for name, task in names.items():
+        assert name in list_models(task=task)
+        spec = get_spec(name)
+        assert spec.task == task and spec.default and spec.source.startswith("assets:")
+
+
+def test_missing_weights_give_flagged_random_model(tmp_path):
+    with pytest.warns(UserWarning, match="RANDOM"):
+        clf = build_classifier(path=tmp_path / "nothing")
+    assert clf.random_weights is True and clf.name == "embedded-classifier"
+    probs = clf.classify(torch.rand(1, 3, 50, 70))
+    assert list(probs) == list(DEGRADATION_NAMES) and abs(sum(probs.values()) - 1) < 1e-5
+    with pytest.raises(FileNotFoundError, match="weights not found"):
+        embedded.load_encoder(tmp_path / "nothing", allow_random=False)
+
+
+def test_weights_round_trip(tmp_path):
+    """A saved folder (config.json + model.safetensors) rebuilds the same network."""
+    from vlmir.training.common import export_weights
+
+    torch.manual_seed(1)
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=256)
+    torch.nn.init.normal_(net.gate.weight)
+    export_weights(tmp_path, model=net, model_config=net.config, train_config={"kind": "restorer"})
+    again, rnd = embedded.load_restorer(tmp_path)
+    x, e = torch.rand(1, 3, 16, 16), torch.randn(1, 256)
+    assert rnd is False and json.loads((tmp_path / "config.json").read_text())["width"] == 8
+    assert torch.allclose(net.eval()(x, e), again(x, e), atol=1e-6)
+
+
+def _identity_restorer() -> EmbeddedRestorer:
+    """A restorer whose gate is closed (output = input): tiling and padding must then give the input back."""
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder().eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,)).eval()
+    torch.nn.init.constant_(net.gate.bias, -40.0)
+    return EmbeddedRestorer(enc, net, random_weights=True)
+
+
+def test_restore_any_size_and_tiles_blend_exactly():
+    r = _identity_restorer()
+    x = torch.rand(1, 3, 157, 203)
+    calls = []
+    y = r.restore(x, tile=64, progress=lambda d, t: calls.append((d, t)))
+    assert y.shape == x.shape and torch.allclose(y, x, atol=1e-5)
+    assert calls[-1][0] == calls[-1][1] == len(calls) > 4
+    tiny = torch.rand(1, 3, 9, 13)  # smaller than the network multiple: replicate padding
+    assert torch.allclose(r.restore(tiny), tiny, atol=1e-5)
+
+
+def test_auto_tiling_above_one_megapixel(monkeypatch):
+    r = _identity_restorer()
+    monkeypatch.setattr(embedded, "AUTO_TILE_PIXELS", 100 * 100)
+    monkeypatch.setattr(embedded, "DEFAULT_TILE", 64)
+    calls = []
+    x = torch.rand(1, 3, 120, 130)
+    r.restore(x, progress=lambda d, t: calls.append(t))
+    assert calls and calls[0] == 12  # 3 x 4 tiles of 64 px with 32 px overlap on 120 x 130
+
+
+def test_bad_inputs_raise_value_error():
+    r = _identity_restorer()
+    with pytest.raises(ValueError, match="1, 3, H, W"):
+        r.restore(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match="tile"):
+        r.restore(torch.rand(1, 3, 32, 32), tile=16)
+    with pytest.raises(ValueError, match="8x8"):
+        r.restore(torch.rand(1, 3, 4, 32))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        DegradationAwareEncoder(image_size=100)
+
+
+def test_encoder_views_cover_the_image():
+    enc = DegradationAwareEncoder()
+    v = enc.views(torch.rand(1, 3, 300, 451))
+    assert v.shape == (9, 3, 128, 128)
+    assert enc.views(torch.rand(1, 3, 60, 90)).shape == (3, 3, 128, 128)  # upscaled to 128 x 192: one row of 3
+    x = torch.rand(1, 3, 128, 128)
+    assert torch.equal(enc.views(x), x)
+
+
+# -- shipped weights -------------------------------------------------------------------------------------------
+
+def _chelsea(short_side: int = 256) -> np.ndarray:
+    from vlmir.training.data import heldout_image
+
+    return heldout_image("chelsea", short_side)
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())[None]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / (a - b).pow(2).mean()))
+
+
+@needs_weights
+def test_shipped_classifier_on_heldout_photo():
+    from vlmir.degradations import degrade
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random-weights warning
+        clf = create_model("embedded-classifier")
+    assert clf.random_weights is False
+    img = _chelsea()
+    for t in ("hazy", "low-light", "noisy"):
+        lq, _ = degrade(img, t, 3, seed=0)
+        probs = clf.classify(_t(lq))
+        assert max(probs, key=probs.get) == t, (t, sorted(probs.items(), key=lambda kv: -kv[1])[:3])
+
+
+@needs_weights
+def test_shipped_restorer_improves_psnr_and_keeps_clean():
+    from vlmir.degradations import degrade
+
+    r = build_restorer()
+    assert r.random_weights is False
+    img = _chelsea()
+    clean = _t(img)
+    for t in ("hazy", "low-light", "noisy"):
+        lq = _t(degrade(img, t, 3, seed=0)[0])
+        assert _psnr(r.restore(lq), clean) > _psnr(lq, clean) + 1.0, t
+    assert _psnr(r.restore(clean), clean) > 30.0
+
+
+@needs_weights
+def test_shipped_rater_orders_clean_above_severe():
+    from vlmir.degradations import degrade
+
+    rater = build_rater()
+    assert rater.random_weights is False
+    img = _chelsea()
+    clean = rater.rate(_t(img))
+    assert set(clean) == {"score", "vlm_vis", "probs"}
+    assert list(clean["probs"]) == ["excellent", "good", "fair", "poor", "bad"]
+    assert abs(clean["vlm_vis"] - (clean["score"] - 1) / 4) < 1e-6
+    for t in ("hazy", "noisy", "snowy"):
+        bad = rater.rate(_t(degrade(img, t, 4, seed=0)[0]))
+        assert clean["score"] > bad["score"], t
