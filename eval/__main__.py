@@ -14,14 +14,14 @@ from pathlib import Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from eval.runner import run
-    from eval.weights import WeightsUnavailable
+    from eval.weights import MetricUnavailable
 
     try:
         scores, report = run(args.dataset, args.metrics, reference=args.reference, out=args.out, device=args.device,
                              weights_dir=args.weights_dir, skip_unavailable=args.skip_unavailable,
                              grouped=args.grouped, batch_size=args.batch_size, cache=args.cache, rater=args.vlm,
                              verbose=not args.quiet, return_report=True)
-    except (WeightsUnavailable, ValueError) as e:
+    except (MetricUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # other accelerate/torchrun processes: the main one reports

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-from eval.weights import METRIC_WEIGHTS, check_weights, offline_pyiqa, weight_path
+from eval.weights import METRIC_WEIGHTS, check_weights, clear_import_errors, offline_pyiqa, weight_path
 
 VLM_METRICS = ("vlm_vis",)
 FOLDER_METRICS = ("fid",)
@@ -120,7 +120,7 @@ class PyiqaMetric:
         self.random_weights = False
         self.options = dict(options or {})
         check_weights(name, weights_dir)
-        with offline_pyiqa(weights_dir, writable_cache=writable_cache):
+        with clear_import_errors(name), offline_pyiqa(weights_dir, writable_cache=writable_cache, metric=name):
             self._metric = pyiqa.create_metric(name, device=torch.device(device), as_loss=False, **self.options)
         self.device = device
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
@@ -154,7 +154,7 @@ class FolderMetric:
         self.options = dict(options or {})
         self._weights_dir = weights_dir
         check_weights(name, weights_dir)
-        with offline_pyiqa(weights_dir, writable_cache=writable_cache):
+        with clear_import_errors(name), offline_pyiqa(weights_dir, writable_cache=writable_cache, metric=name):
             self._metric = pyiqa.create_metric(name, device=torch.device(device), as_loss=False, **self.options)
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
                         f"weights={_weights_signature(name, weights_dir)}")
@@ -164,7 +164,7 @@ class FolderMetric:
         # the Inception network is built lazily on the first call: keep the offline guard around it as well
         import torch
 
-        with offline_pyiqa(self._weights_dir), torch.no_grad():
+        with offline_pyiqa(self._weights_dir, metric=self.name), torch.no_grad():
             out = self._metric(str(folder), str(reference), num_workers=0, verbose=False)
         return float(torch.as_tensor(out).reshape(-1)[0])
 
@@ -203,7 +203,7 @@ class VlmVisMetric:
 def create_metric(name: str, *, device: str = "cpu", weights_dir: str | os.PathLike | None = None,
                   writable_cache: str | os.PathLike | None = None, rater: str | None = None,
                   options: dict[str, Any] | None = None):
-    """Build the metric ``name`` (see module docstring); raises ``WeightsUnavailable`` when its files are missing."""
+    """Build the metric ``name`` (see module docstring); raises ``MetricUnavailable`` (``WeightsUnavailable`` when its files are missing)."""
     info = metric_info(name)
     if name in VLM_METRICS:
         return VlmVisMetric(name, device=device, rater=rater)

@@ -29,7 +29,7 @@ import pandas as pd
 from eval.cache import ScoreCache, file_sha256
 from eval.dataset import Item, scan_dataset
 from eval.metrics import FOLDER_METRICS, create_metric, metric_info, parse_metrics
-from eval.weights import WeightsUnavailable
+from eval.weights import MetricUnavailable
 
 SCORE_COLUMNS = ["method", "category", "image", "metric", "score"]
 FOLDER_IMAGE = "*"  # the ``image`` of a folder-level score (FID)
@@ -321,7 +321,7 @@ def compute_scores(dataset: str | os.PathLike, metrics: str | Sequence[str], ref
                 if name != "vlm_vis":
                     check_weights(name, weights_dir)
                 version = _metric_version(name, weights_dir=weights_dir, options=options, rater=rater)
-            except (WeightsUnavailable, ValueError) as e:
+            except (MetricUnavailable, ValueError) as e:
                 if not skip_unavailable:
                     raise
                 report.skipped_metrics.append(name)
@@ -351,7 +351,7 @@ def compute_scores(dataset: str | os.PathLike, metrics: str | Sequence[str], ref
                 else:
                     records += _score_images(name, factory, version, items, cache_obj, hashes, report, bad,
                                              batch_size=batch_size, verbose=verbose)
-            except WeightsUnavailable as e:
+            except MetricUnavailable as e:
                 if not skip_unavailable:
                     raise
                 report.skipped_metrics.append(name)

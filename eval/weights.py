@@ -35,8 +35,29 @@ PYIQA_REPO = "chaofengc/IQA-PyTorch-Weights"
 KINDS = ("pyiqa", "checkpoints", "clip", "hf")
 
 
-class WeightsUnavailable(RuntimeError):
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be built here (missing weights, or a missing dependency); ``--skip-unavailable`` skips it."""
+
+
+class WeightsUnavailable(MetricUnavailable):
     """A metric cannot be built because a weight file is missing (raised before any network access)."""
+
+
+CLIP_IMPORT_HINT = (
+    "pyiqa's CLIP metrics (clipiqa, liqe, ...) import the openai-clip package `clip`, which imports `pkg_resources`; "
+    "setuptools>=81 no longer ships it: pip install 'setuptools<81' (pinned in requirements.txt)"
+)
+
+
+@contextlib.contextmanager
+def clear_import_errors(metric: str) -> Iterator[None]:
+    """Turn openai-clip's ``pkg_resources`` import failure into a :class:`MetricUnavailable` that says what to do."""
+    try:
+        yield
+    except ImportError as e:
+        if e.name in ("pkg_resources", "clip") or "pkg_resources" in str(e):
+            raise MetricUnavailable(f"metric {metric!r} cannot be built: {e}. {CLIP_IMPORT_HINT}") from e
+        raise
 
 
 @dataclass(frozen=True)
@@ -223,19 +244,34 @@ class _NoPretrainedTimm:
 
 
 @contextlib.contextmanager
-def offline_pyiqa(weights_dir: str | os.PathLike | None = None, *, writable_cache: str | os.PathLike | None = None) -> Iterator[Path]:
+def offline_pyiqa(weights_dir: str | os.PathLike | None = None, *, writable_cache: str | os.PathLike | None = None,
+                  metric: str | None = None) -> Iterator[Path]:
     """Context for building pyiqa metrics offline from ``weights_dir`` (a torch-hub style directory).
 
     Inside it pyiqa's cache dir is ``<hub>/pyiqa``, torchvision and CLIP look in ``<hub>/checkpoints`` and
     ``<hub>/clip``, and any download raises :class:`WeightsUnavailable` at once. LIQE's text-feature cache
     (written on first use) goes to ``<hub>/pyiqa`` when that is writable, else to ``writable_cache``.
-    Everything is restored on exit. Yields the hub directory.
+    Everything is restored on exit. Yields the hub directory. ``metric`` limits the arch modules patched (and so
+    imported) to those that metric uses; ``None`` patches all.
     """
+    import importlib
+    import sys
+
     import pyiqa.archs.clip_model as clip_model
-    import pyiqa.archs.liqe_arch as liqe_arch
-    import pyiqa.archs.nima_arch as nima_arch
     import pyiqa.utils.download_util as download_util
     import torch.hub
+
+    def wanted(module: str, prefix: str):
+        # patch an arch module only where it matters: the metric uses it, or it is loaded already (importing LIQE's
+        # module pulls in openai-clip, NIMA's pulls in timm)
+        full = f"pyiqa.archs.{module}"
+        if metric is None or metric.startswith(prefix) or full in sys.modules:
+            with clear_import_errors(metric or module):
+                return importlib.import_module(full)
+        return None
+
+    liqe_arch = wanted("liqe_arch", "liqe")
+    nima_arch = wanted("nima_arch", "nima")
 
     hub = hub_dir(weights_dir)
     pyiqa_dir = hub / "pyiqa"
@@ -259,22 +295,25 @@ def offline_pyiqa(weights_dir: str | os.PathLike | None = None, *, writable_cach
             raise WeightsUnavailable(f"{target} does not match the SHA-256 {expected} of {url}; replace it with that file")
         raise _blocked("CLIP", url, target)
 
-    saved = {
-        (download_util, "DEFAULT_CACHE_DIR"): download_util.DEFAULT_CACHE_DIR,
-        (download_util, "download_url_to_file"): download_util.download_url_to_file,
-        (liqe_arch, "DEFAULT_CACHE_DIR"): liqe_arch.DEFAULT_CACHE_DIR,
-        (torch.hub, "download_url_to_file"): torch.hub.download_url_to_file,
-        (clip_model, "_download"): clip_model._download,
-        (nima_arch, "timm"): nima_arch.timm,
-    }
+    patches = [
+        (download_util, "DEFAULT_CACHE_DIR", str(pyiqa_dir)),
+        (download_util, "download_url_to_file", no_url_download),
+        (torch.hub, "download_url_to_file", no_url_download),
+        (clip_model, "_download", clip_from_dir),
+    ]
+    if liqe_arch is not None:
+        patches.append((liqe_arch, "DEFAULT_CACHE_DIR", str(liqe_dir)))
+    if nima_arch is not None:
+        patches.append((nima_arch, "timm", _NoPretrainedTimm(nima_arch.timm)))
+    # Hugging Face downloads (timm backbones of other metrics, Q-Align's from_pretrained): cache only, fail fast
+    import huggingface_hub.constants as hf_constants
+
+    patches.append((hf_constants, "HF_HUB_OFFLINE", True))
+    saved = {(mod, attr): getattr(mod, attr) for mod, attr, _ in patches}
     saved_hub = getattr(torch.hub, "_hub_dir", None)  # set_dir has no getter for "unset"; restore the raw value
     try:
-        download_util.DEFAULT_CACHE_DIR = str(pyiqa_dir)
-        download_util.download_url_to_file = no_url_download
-        liqe_arch.DEFAULT_CACHE_DIR = str(liqe_dir)
-        torch.hub.download_url_to_file = no_url_download
-        clip_model._download = clip_from_dir
-        nima_arch.timm = _NoPretrainedTimm(saved[(nima_arch, "timm")])
+        for mod, attr, value in patches:
+            setattr(mod, attr, value)
         torch.hub.set_dir(str(hub))
         yield hub
     finally:

@@ -156,3 +156,41 @@ def test_nima_backbone_is_built_without_a_download():
     with offline_pyiqa():
         m = nima_arch.timm.create_model("resnet18", pretrained=True, features_only=True)
     assert m.feature_info.channels()[-1] == 512
+
+
+def test_missing_pkg_resources_gives_a_clear_error(tmp_path):
+    """openai-clip imports pkg_resources (gone in setuptools>=81): the CLIP metrics say how to fix it. Run in a fresh
+    interpreter where ``import pkg_resources`` fails, as it does with setuptools>=81."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys
+sys.modules["pkg_resources"] = None  # import pkg_resources -> ModuleNotFoundError
+import eval.metrics as m
+from eval.weights import MetricUnavailable
+m.check_weights = lambda *a, **k: None  # get past the file check to the import
+assert m.PyiqaMetric("psnr", weights_dir={str(tmp_path)!r}).info.mode == "FR"  # weight-free: no clip import
+try:
+    m.PyiqaMetric("clipiqa", weights_dir={str(tmp_path)!r})
+except MetricUnavailable as e:
+    print("CLEAR:", e)
+"""
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "CLEAR:" in r.stdout and "setuptools<81" in r.stdout and "clipiqa" in r.stdout
+
+
+def test_hub_downloads_are_cache_only_inside_the_context(tmp_path):
+    import time
+
+    import huggingface_hub.constants as c
+    from huggingface_hub import hf_hub_download
+
+    before = c.HF_HUB_OFFLINE
+    t0 = time.perf_counter()
+    with offline_pyiqa(tmp_path), pytest.raises(Exception, match="(?i)offline|cache|local"):
+        hf_hub_download("timm/resnet18.a1_in1k", "model.safetensors", cache_dir=tmp_path / "hf")
+    assert time.perf_counter() - t0 < 20 and c.HF_HUB_OFFLINE == before
