@@ -89,9 +89,12 @@ def metric_info(name: str) -> MetricInfo:
                       score_range=str(cfg.get("score_range", "")))
 
 
-def _weights_signature(name: str, weights_dir: str | os.PathLike | None) -> str:
+def _weights_signature(name: str, weights_dir: str | os.PathLike | None, options: dict | None = None) -> str:
     """File name and size of each weight file: part of the cache version, so swapping weights recomputes."""
     parts = []
+    explicit = (options or {}).get("pretrained_model_path")
+    if explicit and Path(explicit).is_file():
+        parts.append(f"{Path(explicit).name}:{Path(explicit).stat().st_size}")
     for wf in METRIC_WEIGHTS.get(name, ()):
         p = weight_path(wf, weights_dir)
         parts.append(f"{wf.filename}:{p.stat().st_size if p.is_file() else 'absent'}")
@@ -119,12 +122,12 @@ class PyiqaMetric:
         self.name = name
         self.random_weights = False
         self.options = dict(options or {})
-        check_weights(name, weights_dir)
+        check_weights(name, weights_dir, self.options)
         with clear_import_errors(name), offline_pyiqa(weights_dir, writable_cache=writable_cache, metric=name):
             self._metric = pyiqa.create_metric(name, device=torch.device(device), as_loss=False, **self.options)
         self.device = device
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
-                        f"weights={_weights_signature(name, weights_dir)}")
+                        f"weights={_weights_signature(name, weights_dir, self.options)}")
 
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float]:
         """Scores of a batch ``x`` (B, 3, H, W) in [0, 1] (and ``ref`` of the same shape for FR metrics): B floats."""
@@ -153,11 +156,11 @@ class FolderMetric:
         self.random_weights = False
         self.options = dict(options or {})
         self._weights_dir = weights_dir
-        check_weights(name, weights_dir)
+        check_weights(name, weights_dir, self.options)
         with clear_import_errors(name), offline_pyiqa(weights_dir, writable_cache=writable_cache, metric=name):
             self._metric = pyiqa.create_metric(name, device=torch.device(device), as_loss=False, **self.options)
         self.version = (f"pyiqa={pyiqa.__version__};{name};{json.dumps(self.options, sort_keys=True)};"
-                        f"weights={_weights_signature(name, weights_dir)}")
+                        f"weights={_weights_signature(name, weights_dir, self.options)}")
 
     def score_folders(self, folder: str | os.PathLike, reference: str | os.PathLike) -> float:
         """Score of the images in ``folder`` against those in ``reference`` (both directories of images)."""

@@ -258,7 +258,7 @@ def _metric_version(name: str, *, weights_dir, options, rater) -> str:
     from eval.metrics import _weights_signature
 
     return (f"pyiqa={pyiqa.__version__};{name};{json.dumps(options.get(name, {}), sort_keys=True)};"
-            f"weights={_weights_signature(name, weights_dir)}")
+            f"weights={_weights_signature(name, weights_dir, options.get(name))}")
 
 
 def _process_state(device: str | None):
@@ -319,7 +319,7 @@ def compute_scores(dataset: str | os.PathLike, metrics: str | Sequence[str], ref
                 from eval.weights import check_weights
 
                 if name != "vlm_vis":
-                    check_weights(name, weights_dir)
+                    check_weights(name, weights_dir, options.get(name))
                 version = _metric_version(name, weights_dir=weights_dir, options=options, rater=rater)
             except (MetricUnavailable, ValueError) as e:
                 if not skip_unavailable:

@@ -179,14 +179,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def missing_weights(metric: str, weights_dir: str | os.PathLike | None = None) -> list[str]:
+def missing_weights(metric: str, weights_dir: str | os.PathLike | None = None,
+                    options: dict | None = None) -> list[str]:
     """Messages for each file ``metric`` needs that is absent (or fails its checksum); ``[]`` when all are there.
 
     Metrics that are not in :data:`METRIC_WEIGHTS` are not checked here (``[]``); the download guard of
-    :func:`offline_pyiqa` still stops them with a clear message if they try to fetch something.
+    :func:`offline_pyiqa` still stops them with a clear message if they try to fetch something. With a pyiqa option
+    ``pretrained_model_path`` (``options``) that file replaces the metric's own pyiqa checkpoint.
     """
     problems = []
-    for wf in METRIC_WEIGHTS.get(metric, ()):
+    files = METRIC_WEIGHTS.get(metric, ())
+    explicit = (options or {}).get("pretrained_model_path")
+    if explicit:
+        if not Path(explicit).is_file():
+            problems.append(f"metric {metric!r}: pretrained_model_path {str(explicit)!r} is not a file")
+        files = tuple(wf for wf in files if wf.kind != "pyiqa")
+    for wf in files:
         path = weight_path(wf, weights_dir)
         if wf.kind == "hf":
             if not path.is_file():
@@ -210,9 +218,9 @@ def missing_weights(metric: str, weights_dir: str | os.PathLike | None = None) -
     return problems
 
 
-def check_weights(metric: str, weights_dir: str | os.PathLike | None = None) -> None:
+def check_weights(metric: str, weights_dir: str | os.PathLike | None = None, options: dict | None = None) -> None:
     """Raise :class:`WeightsUnavailable` naming every missing file of ``metric`` and where to put it."""
-    problems = missing_weights(metric, weights_dir)
+    problems = missing_weights(metric, weights_dir, options)
     if problems:
         raise WeightsUnavailable("; ".join(problems))
 

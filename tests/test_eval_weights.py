@@ -194,3 +194,26 @@ def test_hub_downloads_are_cache_only_inside_the_context(tmp_path):
     with offline_pyiqa(tmp_path), pytest.raises(Exception, match="(?i)offline|cache|local"):
         hf_hub_download("timm/resnet18.a1_in1k", "model.safetensors", cache_dir=tmp_path / "hf")
     assert time.perf_counter() - t0 < 20 and c.HF_HUB_OFFLINE == before
+
+
+def test_nima_end_to_end_without_backbone_download(small_dataset, tmp_path):
+    """NIMA (small timm backbone, random weights, its own checkpoint): built offline, the timm backbone is not
+    fetched, the checkpoint loads strictly, and the scores equal a direct forward of the same network."""
+    import pyiqa.archs.nima_arch as nima_arch
+
+    with offline_pyiqa(tmp_path):
+        torch.manual_seed(0)
+        net = nima_arch.NIMA(base_model_name="resnet10t", num_classes=10, pretrained=False)
+    ckpt = tmp_path / "nima_resnet10t.pth"
+    torch.save({"params": net.state_dict()}, ckpt)
+    opts = {"nima": {"base_model_name": "resnet10t", "pretrained_model_path": str(ckpt)}}
+    scores = ev.run(small_dataset, ["nima"], out=None, weights_dir=tmp_path, options=opts, verbose=False,
+                    skip_unavailable=False)
+    from vlmir.io import load_image
+
+    net.eval()
+    for row in scores.itertuples():
+        with torch.no_grad():
+            want = float(net(load_image(small_dataset / row.method / row.category / row.image)).reshape(-1)[0])
+        assert row.score == pytest.approx(want, rel=1e-5)
+    assert 1 <= scores.score.min() and scores.score.max() <= 10  # NIMA's mean of a 10-bin distribution
