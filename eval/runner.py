@@ -454,6 +454,8 @@ def run(dataset: str | os.PathLike, metrics: str | Sequence[str], reference: str
         if not state.is_main_process:
             out = None
     scores = merge_scores([scores])
+    if scores.empty:
+        report.problems.append("no scores were computed: every metric was skipped or no image could be scored")
     if out is not None:
         write_outputs(scores, out, grouped=grouped, report=report)
     for p in report.problems:
