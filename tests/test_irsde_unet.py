@@ -123,3 +123,29 @@ def test_channels_last_same_output(ref):
     finally:
         unet.to(memory_format=torch.contiguous_format)
     assert (cl - base).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_blocks_equal_port_blocks(channels_last):
+    """The re-associated linear attention (blocked online softmax) and the sub-pixel up-convolution compute the
+    port's function, for a batch, several sizes, a partial last block and both memory formats."""
+    from vlmir.models.irsde_unet import ChannelLayerNorm, LinearAttention, NearestUpConv
+
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for mod, shape in ((LinearAttention(64), (2, 64, 48, 80)), (NearestUpConv(64, 32), (2, 64, 12, 20)),
+                       (ChannelLayerNorm(64), (2, 64, 9, 7))):
+        for p in mod.parameters():
+            p.data = torch.randn(p.shape, generator=g) * 0.2 + (1.0 if p.ndim == 4 and p.shape[0] == 1 else 0.0)
+        x = (torch.randn(shape, generator=g) * 3).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            for m in mod.modules():
+                if hasattr(m, "fast"):
+                    m.fast = False
+            port = mod(x)
+            for m in mod.modules():
+                if hasattr(m, "fast"):
+                    m.fast = True
+            fast = mod._forward_fast(x, chunk=1000) if isinstance(mod, LinearAttention) else mod(x)
+        assert fast.shape == port.shape
+        assert (fast - port).abs().max().item() <= 1e-4 * max(1.0, port.abs().max().item()), type(mod).__name__

@@ -52,6 +52,63 @@ def _conv(dim_in: int, dim_out: int, kernel_size: int = 3, bias: bool = False) -
     return nn.Conv2d(dim_in, dim_out, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
+def _is_cl(x: torch.Tensor) -> bool:
+    """True for a channels-last (NHWC in memory) 4-D tensor with more than one channel."""
+    return x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution as one matrix product (exactly the same sums): on the (B, H, W, C) view for channels-last
+    inputs (the result stays channels-last), else ``W @ x`` on (B, C, H*W)."""
+    w = conv.weight.view(conv.out_channels, conv.in_channels)
+    b, _, h, wd = x.shape
+    if _is_cl(x):
+        return F.linear(x.permute(0, 2, 3, 1), w, conv.bias).permute(0, 3, 1, 2)
+    y = torch.matmul(w, x.reshape(b, conv.in_channels, h * wd))
+    if conv.bias is not None:
+        y = y + conv.bias[:, None]
+    return y.view(b, conv.out_channels, h, wd)
+
+
+class NearestUpConv(nn.Sequential):
+    """``[Upsample(x2, nearest), Conv2d(3x3, pad 1)]`` (parameters ``1.weight``, ``1.bias``, as the original).
+
+    Fast path (exact up to float summation order): a 3x3 conv of a nearest-upsampled map equals, for each of the
+    four output phases (a, b), a 2x2 conv of the low-resolution map whose taps are sums of the 3x3 taps
+    (rows: a=0 -> [w0, w1 + w2], a=1 -> [w0 + w1, w2]; the same for columns). One 2x2 conv with 4x the output
+    channels on the input padded by 1 computes all phases: 16/36 of the multiply-adds, no upsampled input.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_in, dim_out, 3, 1, 1))
+        self.fast = True
+
+    def phase_weight(self) -> torch.Tensor:
+        """(4 * out, in, 2, 2) phase kernels, phase index ``2a + b`` major."""
+        w = self[1].weight  # (O, I, 3, 3)
+        rows = (torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2))
+        ks = []
+        for r in rows:  # (O, I, 2, 3)
+            ks.append(torch.stack([r[..., 0], r[..., 1] + r[..., 2]], -1))  # b = 0
+            ks.append(torch.stack([r[..., 0] + r[..., 1], r[..., 2]], -1))  # b = 1
+        return torch.cat(ks, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast:
+            return super().forward(x)
+        conv = self[1]
+        n, _, h, w = x.shape
+        bias = None if conv.bias is None else conv.bias.repeat(4)
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.phase_weight(), bias)  # (B, 4 O, H + 1, W + 1)
+        y = y.view(n, 2, 2, conv.out_channels, h + 1, w + 1)
+        fmt = torch.channels_last if _is_cl(x) else torch.contiguous_format
+        out = torch.empty((n, conv.out_channels, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=fmt)
+        for a in (0, 1):
+            for b in (0, 1):
+                out[:, :, a::2, b::2] = y[:, a, b, :, a : a + h, b : b + w]  # phase (a, b)
+        return out
+
+
 class SinusoidalTimeEmbedding(nn.Module):
     """Transformer sinusoidal embedding of the timestep: ``t (B,) -> (B, dim)`` as ``[sin(t w_k), cos(t w_k)]`` with
     ``w_k = 10000^(-k / (dim/2 - 1))``."""
@@ -73,9 +130,17 @@ class ChannelLayerNorm(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+        self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        if self.fast and _is_cl(x):
+            # channels-last: the channel axis is innermost, so the fused layer_norm kernel applies directly
+            nhwc = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.g.view(-1), None, eps)
+            return nhwc.permute(0, 3, 1, 2)
+        if self.fast:
+            var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)  # one pass
+            return (x - mean) * ((var + eps).rsqrt() * self.g)
         var = torch.var(x, dim=1, unbiased=False, keepdim=True)
         mean = torch.mean(x, dim=1, keepdim=True)
         return (x - mean) * (var + eps).rsqrt() * self.g
@@ -88,13 +153,19 @@ class ConvBlock(nn.Module):
         super().__init__()
         self.proj = _conv(dim_in, dim_out)
         self.act = nn.SiLU()
+        self.fast = True
 
     def forward(self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.proj(x)
+        if not self.fast:
+            if scale_shift is not None:
+                scale, shift = scale_shift
+                x = x * (scale + 1) + shift
+            return self.act(x)
         if scale_shift is not None:
             scale, shift = scale_shift
-            x = x * (scale + 1) + shift
-        return self.act(x)
+            x = torch.addcmul(shift, x, scale + 1)  # one fused pass
+        return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 class ResBlock(nn.Module):
@@ -106,12 +177,16 @@ class ResBlock(nn.Module):
         self.block1 = ConvBlock(dim_in, dim_out)
         self.block2 = ConvBlock(dim_out, dim_out)
         self.res_conv = _conv(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+        self.fast = True
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         emb = self.mlp(time_emb)[:, :, None, None]  # (B, 2*dim_out, 1, 1)
         scale_shift = emb.chunk(2, dim=1)
         h = self.block2(self.block1(x, scale_shift=scale_shift))
-        return h + self.res_conv(x)
+        if not self.fast:
+            return h + self.res_conv(x)
+        res = _pointwise(self.res_conv, x) if isinstance(self.res_conv, nn.Conv2d) else x
+        return h.add_(res) if not torch.is_grad_enabled() else h + res
 
 
 class LinearAttention(nn.Module):
@@ -128,8 +203,11 @@ class LinearAttention(nn.Module):
         hidden = dim_head * heads
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Sequential(nn.Conv2d(hidden, dim, 1), ChannelLayerNorm(dim))
+        self.fast = True
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        if self.fast:
+            return self._forward_fast(x)
         b, _, h, w = x.shape
         q, k, v = (t.reshape(b, self.heads, -1, h * w) for t in self.to_qkv(x).chunk(3, dim=1))  # (B, heads, d, N)
         q = q.softmax(dim=-2) * self.scale
@@ -138,6 +216,50 @@ class LinearAttention(nn.Module):
         kv = torch.einsum("bhdn,bhen->bhde", k, v)  # (B, heads, d, d)
         out = torch.einsum("bhde,bhdn->bhen", kv, q)  # (B, heads, d, N)
         return self.to_out(out.reshape(b, -1, h, w))
+
+    def _forward_fast(self, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """The same function, re-associated and blocked over positions so that nothing of size (N, 3 * hidden) is
+        materialised (the layer is memory-bound on CPU):
+
+        pass 1, per block of positions: ``k = W_k x``; an online softmax over positions (running max ``mx``,
+        rescaled sums) accumulates ``s[h, d] = sum_n exp(k - mx)`` and ``M[h, d, :] = sum_n exp(k - mx) x[n, :]``;
+        then ``kv = W_v M^T / (N s)`` (the original's softmax over positions and ``v / N``), (B, heads, d, d).
+        pass 2, per block: ``y = (W_o kv^T) softmax_d(W_q x) * scale + b_o``, then the channel layer norm.
+        """
+        b, c, h, w = x.shape
+        n = h * w
+        hidden = self.to_qkv.out_channels // 3
+        d = hidden // self.heads
+        wq, wk, wv = self.to_qkv.weight.view(3, hidden, c).unbind(0)
+        cl = _is_cl(x)
+        xf = x.permute(0, 2, 3, 1).reshape(b, n, c) if cl else x.reshape(b, c, n).transpose(1, 2)  # (B, N, C)
+        mx = torch.full((b, 1, hidden), -float("inf"), dtype=x.dtype, device=x.device)
+        ssum = torch.zeros((b, 1, hidden), dtype=x.dtype, device=x.device)
+        m = torch.zeros((b, hidden, c), dtype=x.dtype, device=x.device)
+        wkt, wqt = wk.t(), wq.t()
+        for i in range(0, n, chunk):
+            xc = xf[:, i : i + chunk]
+            kc = torch.matmul(xc, wkt)  # (B, n_c, hidden)
+            new_mx = torch.maximum(mx, kc.amax(dim=1, keepdim=True))
+            rescale = torch.exp(mx - new_mx)  # (B, 1, hidden); 0 on the first block
+            kc = kc.sub_(new_mx).exp_() if not torch.is_grad_enabled() else torch.exp(kc - new_mx)
+            ssum = ssum * rescale + kc.sum(dim=1, keepdim=True)
+            m = torch.baddbmm(m * rescale.transpose(1, 2), kc.transpose(1, 2), xc)  # (B, hidden, C)
+            mx = new_mx
+        kv = torch.einsum("bhdc,hec->bhde", m.view(b, self.heads, d, c), wv.view(self.heads, d, c))
+        kv = kv / (ssum.view(b, self.heads, d, 1) * n)  # (B, heads, d, e)
+        wo = self.to_out[0].weight.view(c, self.heads, d)  # (C, heads, e)
+        w_eff_t = (torch.einsum("ohe,bhde->bhdo", wo, kv) * self.scale).reshape(b, hidden, c)  # (B, hidden, C)
+        bias = self.to_out[0].bias.view(1, 1, c)
+        g = self.to_out[1].g.view(-1)
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        y = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
+        for i in range(0, n, chunk):
+            qc = torch.matmul(xf[:, i : i + chunk], wqt).unflatten(-1, (self.heads, d)).softmax(dim=-1)
+            yc = torch.baddbmm(bias, qc.flatten(2), w_eff_t)  # (B, n_c, C)
+            y[:, i : i + chunk] = F.layer_norm(yc, (c,), g, None, eps)  # the ChannelLayerNorm of to_out
+        y = y.view(b, h, w, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
+        return y if cl else y.contiguous()
 
 
 class CrossAttention(nn.Module):
@@ -234,6 +356,7 @@ class SpatialTransformer(nn.Module):
             [BasicTransformerBlock(inner, n_heads, d_head, context_dim=context_dim) for _ in range(depth)]
         )
         self.proj_out = nn.Conv2d(inner, in_channels, 1)
+        self.fast = True
 
     def cross_outputs(self, context: torch.Tensor) -> list[torch.Tensor]:
         """Per transformer block, the cross-attention output for a one-token ``context`` (B, 1, context_dim)."""
@@ -244,6 +367,14 @@ class SpatialTransformer(nn.Module):
     ) -> torch.Tensor:
         b, c, h, w = x.shape
         x_in = x
+        if self.fast:  # tokens as a (B, H, W, C) view; 1x1 convs as linears on it
+            y = self.norm(x).permute(0, 2, 3, 1)
+            tokens = F.linear(y, self.proj_in.weight.flatten(1), self.proj_in.bias).reshape(b, h * w, -1)
+            for i, blk in enumerate(self.transformer_blocks):
+                tokens = blk(tokens, context=context, cross=None if cross is None else cross[i])
+            out = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)  # (B, N, C)
+            out = out.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            return out + x_in
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
         for i, blk in enumerate(self.transformer_blocks):
@@ -270,8 +401,11 @@ class Residual(nn.Module):
     def __init__(self, fn: nn.Module):
         super().__init__()
         self.fn = fn
+        self.fast = True
 
     def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.fast and not torch.is_grad_enabled():
+            return self.fn(x, **kwargs).add_(x)
         return self.fn(x, **kwargs) + x
 
 
@@ -403,7 +537,7 @@ class ConditionalUNet(nn.Module):
             up_sample = (
                 _conv(dim_out, dim_in)
                 if i == 0
-                else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(dim_out, dim_in, 3, 1, 1))
+                else NearestUpConv(dim_out, dim_in)
             )
             self.ups.insert(
                 0,
@@ -435,7 +569,7 @@ class ConditionalUNet(nn.Module):
         straightforward port of the reference (``False``). Both compute the same function (<= 1e-4 apart)."""
         self.fast = bool(fast)
         for m in self.modules():
-            if isinstance(m, CrossAttention):
+            if hasattr(m, "fast"):
                 m.fast = self.fast
         return self
 
