@@ -500,6 +500,28 @@ def test_warm_up_builds_and_runs_the_given_models(monkeypatch):
     assert cache.loaded() == ["test-classifier", "test-rater"]
 
 
+def test_example_cache_computes_once_and_recomputes_missing_files(tmp_path, monkeypatch):
+    from vlmir.app import service, ui
+
+    monkeypatch.setattr(service, "_OUT_ROOT", tmp_path)
+    calls = []
+
+    def handler(image, model):
+        calls.append((image, model))
+        out = service.request_dir() / "out.png"
+        out.write_bytes(b"x")
+        return (image, str(out)), str(out), f"{model} done"
+
+    cached = ui.ExampleCache().wrap(handler)
+    first = cached("ex.jpg", "m1")
+    assert cached("ex.jpg", "m1") == first and len(calls) == 1
+    cached("ex.jpg", "m2")  # another model: its own entry
+    assert len(calls) == 2
+    Path(first[1]).unlink()  # its request folder expired
+    again = cached("ex.jpg", "m1")
+    assert len(calls) == 3 and Path(again[1]).exists()
+
+
 def test_request_dirs_are_unique_and_old_ones_are_pruned(tmp_path, monkeypatch):
     from vlmir.app import service
 
@@ -605,7 +627,9 @@ def _browse(page, server, images, shot, expect, example):
     # Restore: the seeded test sampler shows steps and seed; the slider shows before/after.
     pnl = panel("Restore")
     upload(pnl, example)
-    pick(pnl, "Restorer", "test-diffusion")
+    pnl.get_by_label("Restorer").first.click()  # unavailable models are listed with their reason
+    page.get_by_role("option", name="test-offline (unavailable: weights org/repo/model.pt").first.wait_for()
+    page.get_by_role("option", name="test-diffusion").first.click()
     pnl.get_by_label("Sampling steps").first.wait_for()
     pnl.get_by_role("button", name="Restore").click()
     page.get_by_text("restored a").first.wait_for(timeout=60_000)
@@ -651,3 +675,16 @@ def _browse(page, server, images, shot, expect, example):
     pnl.get_by_role("button", name="Classify").click()
     page.get_by_text("not a readable image").first.wait_for(timeout=30_000)
     shot(page, "error", full_page=False)
+
+    # An example thumbnail fills the input and shows the default classifier's result (cached lazily)
+    from vlmir.app import service
+
+    register_test_models()
+    default = service.default_choice("classifier")
+    page.reload(wait_until="networkidle")
+    pnl = panel("Degradation type")
+    pnl.locator(".gallery-item, button.gallery-item, [data-testid=examples] button, .example").first.wait_for()
+    page.locator("[role=tabpanel]:visible .gallery-item, [role=tabpanel]:visible .example").first.click()
+    page.get_by_text(f"by {default} on a 384×").first.wait_for(timeout=90_000)
+    expect(page.get_by_text("processing |")).to_have_count(0, timeout=60_000)
+    shot(page, "example")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -304,33 +305,74 @@ def _examples(pattern: str = "*") -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob(pattern) if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
 
 
-def _example_block(ex: list[str], inp: gr.Image, outputs: list[Any], fn: Callable[..., Any], cache: bool) -> None:
-    """Example thumbnails that fill ``inp``; with ``cache``, clicking one also shows the default model's result,
-    computed on first click and then reused (Gradio's lazy example cache)."""
+class ExampleCache:
+    """Results of example clicks, computed on first use and reused (in memory, per process: a restart or a change of
+    weights never serves stale results, unlike a disk cache). Thread-safe; a hit whose files were removed (request
+    folders expire) is recomputed."""
+
+    def __init__(self) -> None:
+        self._hits: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def cached(*args: Any) -> Any:
+            key = (fn.__name__, *(tuple(a) if isinstance(a, list) else a for a in args))
+            with self._lock:
+                hit = self._hits.get(key)
+            if hit is not None and all(Path(f).exists() for f in _files(hit)):
+                return hit
+            out = fn(*args)
+            with self._lock:
+                self._hits[key] = out
+            return out
+
+        cached.__name__ = f"example_{fn.__name__}"
+        return cached
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+
+EXAMPLE_CACHE = ExampleCache()
+
+
+def _files(value: Any) -> list[str]:
+    """File paths inside a handler's result (the restore outputs), for the cache's existence check."""
+    if isinstance(value, str) and value.startswith(str(service.output_root())):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [f for v in value for f in _files(v)]
+    return []
+
+
+def _example_block(
+    ex: list[str], inp: gr.Image, inputs: list[Any], outputs: list[Any], fn: Callable[..., Any] | None
+) -> None:
+    """Example thumbnails that fill ``inp``; with ``fn``, a click also runs ``fn`` on the tab's current settings
+    (``inputs``), through :data:`EXAMPLE_CACHE`, so each example is computed once per model and settings."""
     if not ex:
         return
-    gr.Examples(
+    block = gr.Examples(
         [[p] for p in ex],
         [inp],
-        outputs if cache else None,
-        fn=fn if cache else None,
-        cache_examples=cache,
-        cache_mode="lazy" if cache else None,
+        cache_examples=False,
         label="Examples: synthetic degradations of public-domain photos (click one)",
         examples_per_page=12,
     )
+    if fn is not None:
+        block.load_input_event.then(EXAMPLE_CACHE.wrap(fn), inputs, outputs, api_visibility="private")
 
 
 # -------------------------------------------------------------------------------------------------------- layout
 
 
-def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blocks:
+def create_demo(*, examples: bool = True, run_examples: bool = True) -> gr.Blocks:
     """Build the demo.
 
     Args:
         examples: show the example images from ``assets/examples/``.
-        cache_examples: cache example outputs lazily (computed on first click, then reused for every user);
-            ``False`` only fills the inputs.
+        run_examples: a click on an example also runs the tab on it with the current settings, cached lazily in
+            memory (:class:`ExampleCache`); ``False`` only fills the image.
 
     Returns:
         the ``gr.Blocks``; launch it with ``demo.queue().launch(**style_kwargs())``.
@@ -402,11 +444,13 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                 api_name="restore",
                 concurrency_limit=2,
             )
-            r_default = r_model.value
-            if r_default:
-                _example_block(
-                    ex, r_in, [r_out, r_file, r_info], lambda img: restore_image(img, r_default), cache_examples
-                )
+            _example_block(
+                ex,
+                r_in,
+                [r_in, r_model, r_steps, r_seed, r_tile, r_deg],
+                [r_out, r_file, r_info],
+                restore_image if run_examples else None,
+            )
 
         # ------------------------------------------------------------------------------ Degradation type
         with gr.Tab("Degradation type", id="classify"):
@@ -430,11 +474,9 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                         x_label_angle=-30,
                     )
             c_btn.click(classify_image, [c_in, c_model], [c_label, c_plot, c_info], api_name="classify")
-            c_default = c_model.value
-            if c_default:
-                _example_block(
-                    ex, c_in, [c_label, c_plot, c_info], lambda img: classify_image(img, c_default), cache_examples
-                )
+            _example_block(
+                ex, c_in, [c_in, c_model], [c_label, c_plot, c_info], classify_image if run_examples else None
+            )
 
         # ----------------------------------------------------------------------------- Visibility rating
         with gr.Tab("Visibility rating", id="rate"):
@@ -460,11 +502,9 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                     )
                     v_text = gr.Textbox(label="Scene description", lines=3, interactive=False)
             v_btn.click(rate_image, [v_in, v_model, v_desc], [v_info, v_plot, v_text], api_name="rate")
-            v_default = v_model.value
-            if v_default:
-                _example_block(
-                    ex, v_in, [v_info, v_plot, v_text], lambda img: rate_image(img, v_default), cache_examples
-                )
+            _example_block(
+                ex, v_in, [v_in, v_model, v_desc], [v_info, v_plot, v_text], rate_image if run_examples else None
+            )
 
         # ------------------------------------------------------------------------------------- Compare
         with gr.Tab("Compare", id="compare"):
@@ -490,13 +530,13 @@ def create_demo(*, examples: bool = True, cache_examples: bool = True) -> gr.Blo
                     k_btn = gr.Button("Compare", variant="primary")
                 with gr.Column(scale=3):
                     k_gallery = gr.Gallery(
-                        label="Input and results", columns=2, height="auto", object_fit="contain", format="png"
+                        label="Input and results", columns=2, height=640, object_fit="contain", format="png"
                     )
                     k_info = gr.Markdown()
                     k_table = gr.Dataframe(
                         label="No-reference metrics (↑ higher is better, ↓ lower is better)", interactive=False
                     )
-            _example_block(ex, k_in, [], compare_methods, False)
+            _example_block(ex, k_in, [], [], None)
             k_btn.click(
                 compare_methods,
                 [k_in, k_methods, k_steps, k_seed, k_deg],
