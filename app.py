@@ -26,7 +26,10 @@ def main() -> None:
         threading.Thread(target=service.warm_up, name="vlmir-warm-up", daemon=True).start()
     max_mb = os.environ.get("VLMIR_MAX_UPLOAD_MB", "100")
     demo.queue(max_size=int(os.environ.get("VLMIR_QUEUE_SIZE", "32")), default_concurrency_limit=2).launch(
-        max_file_size=f"{max_mb}mb", show_error=True, **style_kwargs()
+        max_file_size=f"{max_mb}mb",
+        show_error=True,
+        allowed_paths=[str(service.output_root())],  # per-request outputs, wherever VLMIR_APP_OUTPUT_DIR puts them
+        **style_kwargs(),
     )
 
 

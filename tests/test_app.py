@@ -314,6 +314,17 @@ def test_restore_refuses_unavailable_and_unknown_models(client, images):
     assert "not available" in msg and "org/repo/model.pt" in msg
 
 
+def test_hub_raters_offline_say_why(client, images):
+    from vlmir.registry import list_models
+
+    hub = [n for n in list_models(task="rater") if n.startswith(("llava", "smolvlm"))]
+    if not hub:
+        pytest.skip("no hub VLM rater is registered")
+    t = time.time()
+    msg = _app_error(client, _f(images / "dark.png"), hub[0], True, api_name="/rate")
+    assert "not available" in msg and "offline" in msg and time.time() - t < 10
+
+
 def test_classify_returns_every_type_with_the_models_probabilities(client, images):
     label, plot, info = client.predict(_f(images / "dark.png"), "test-classifier", api_name="/classify")
     expect = TestClassifier().classify(torch.full((1, 3, 40, 40), 30 / 255))

@@ -79,8 +79,10 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (ValueError, FileNotFoundError) as e:
+        except ValueError as e:
             raise gr.Error(str(e), title="Invalid input") from None
+        except FileNotFoundError as e:  # hub weights absent offline: the message says how to provide them
+            raise gr.Error(str(e), title="Weights not found") from None
         except MemoryError:
             raise gr.Error(
                 "out of memory on this image; choose a smaller tile size or a smaller image", title="Out of memory"
