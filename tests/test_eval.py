@@ -311,3 +311,23 @@ def test_folder_metric_rows_and_overall(dataset, tmp_path, monkeypatch):
     md = (tmp_path / "o" / "table.md").read_text()
     best = min(table.loc["alpha", ("rain", "fid")], table.loc["beta", ("rain", "fid")])
     assert f"**{best:.2f}**" in md  # lower is better for FID
+
+
+def test_vlm_vis_batches_a_vlm_rater_with_the_same_numbers(tmp_path):
+    import torch
+
+    from eval.metrics import VlmVisMetric
+    from vlmir.vlm.rater import load_rater
+    from vlmir.vlm.tiny import save_tiny_llava
+
+    folder = save_tiny_llava(tmp_path / "tiny")
+    metric = VlmVisMetric(rater=str(folder))
+    calls = []
+    real = metric._rater.rate_batch
+    metric._rater.rate_batch = lambda imgs, **kw: calls.append(len(imgs)) or real(imgs, **kw)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = metric(x)
+    one = load_rater(str(folder))
+    expect = [one.rate(x[i : i + 1])["vlm_vis"] for i in range(3)]
+    assert calls == [3]
+    assert got == pytest.approx(expect, abs=1e-4)
