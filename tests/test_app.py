@@ -436,10 +436,19 @@ def test_tables_from_reference_and_from_an_eval_folder(client, tmp_path_factory)
     from eval import list_reference_tables
 
     refs = list_reference_tables()
-    if refs:
-        table, plots, info = client.predict("Reference table", refs[0], "", None, api_name="/tables")
-        assert table["headers"][:2] == ["method", "category"] and len(table["data"]) > 3
-        assert len(plots) >= 1 and refs[0] in info
+    from eval import load_reference
+    from eval.tables import display_name
+
+    for ref in refs:  # every published number lands in its (method, category, metric) cell
+        table, plots, info = client.predict("Reference table", ref, "", None, api_name="/tables")
+        h, rows = table["headers"], {r[0]: r for r in table["data"]}
+        assert h[0] == "method" and len(plots) >= 1 and ref in info
+        paper = load_reference(ref)
+        metrics = [c for c in paper.columns if f"Overall · {display_name(c)}" in h]
+        assert metrics, (ref, h)
+        for rec in paper.to_dict("records"):
+            for m in metrics:
+                assert rows[rec["method"]][h.index(f"{rec['category']} · {display_name(m)}")] == pytest.approx(rec[m])
     d = tmp_path_factory.getbasetemp() / "evalout"
     d.mkdir(exist_ok=True)
     rows = [
@@ -454,8 +463,8 @@ def test_tables_from_reference_and_from_an_eval_folder(client, tmp_path_factory)
     table, plots, _ = client.predict("Eval output folder", None, str(d), None, api_name="/tables")
     h = table["headers"]
     cells = {r[0]: r for r in table["data"]}
-    assert cells["ours"][h.index("Rain / psnr")] == pytest.approx(25.0)
-    assert cells["base"][h.index("Overall / psnr")] == pytest.approx(11.0)
+    assert cells["ours"][h.index("Rain · PSNR")] == pytest.approx(25.0)
+    assert cells["base"][h.index("Overall · PSNR")] == pytest.approx(11.0)
     assert len(plots) == 1
     assert eval_mod is not None
     msg = _app_error(client, "Eval output folder", None, "/etc", None, api_name="/tables")

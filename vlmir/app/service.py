@@ -504,15 +504,24 @@ def eval_roots() -> list[Path]:
     return [r.resolve() for r in roots]
 
 
+def _metric_label(metric: str) -> str:
+    try:
+        from eval.tables import display_name
+
+        return str(display_name(metric))
+    except (ImportError, ValueError, KeyError):
+        return metric
+
+
 def _flatten(df: Any) -> Any:
-    """A table with a (method) index and maybe MultiIndex columns as a flat frame for display."""
+    """A table with a (method) index and maybe (category, metric) columns as a flat frame for display:
+    columns like ``"Rain · NIMA"``, numbers rounded to 4 decimals."""
     import pandas as pd
 
     df = df.copy()
     if isinstance(df.columns, pd.MultiIndex):
-        df.columns = [
-            " / ".join(str(p) for p in col if str(p) and not str(p).startswith("Unnamed")) for col in df.columns
-        ]
+        df.columns = [f"{c} · {_metric_label(str(k))}" for c, k in df.columns]
+        df = df.apply(pd.to_numeric, errors="coerce").round(4)
     if df.index.name is not None or not isinstance(df.index, pd.RangeIndex):
         df = df.reset_index()
     df.columns = [str(c) for c in df.columns]
@@ -530,12 +539,14 @@ def reference_tables() -> list[str]:
 
 
 def load_reference_table(name: str) -> Any:
+    """A shipped reference table laid out as the papers print it: one row per method, one column per
+    (category, metric), through ``eval.make_table`` (so it reads like our own eval outputs)."""
     import eval as ev
 
     valid = reference_tables()
     if name not in valid:
         raise ValueError(f"unknown reference table {name!r}; choose one of: {', '.join(valid) or '(none shipped)'}")
-    return _flatten(ev.load_reference(name))
+    return _flatten(ev.make_table(reference_plot_input(name)))
 
 
 def reference_plot_input(name: str) -> Any:
@@ -577,7 +588,7 @@ def load_eval_output(path: str | os.PathLike) -> tuple[Any, Any]:
         import eval as ev
 
         table = ev.make_table(scores)
-        return _flatten(table.round(4)), table
+        return _flatten(table), table
     if table_p is not None and table_p.is_file():
         table = pd.read_csv(table_p, index_col=0)
         pairs = [str(c).split("/", 1) for c in table.columns]

@@ -34,6 +34,8 @@ CSS = """
 .vlmir-note {font-size: 0.9rem; opacity: 0.85}
 .vlmir-warn {color: #b45309; font-weight: 600}
 footer {visibility: hidden}
+#vlmir-plots .thumbnail-item {aspect-ratio: 2.6 / 1 !important}
+#vlmir-plots .grid-container {grid-template-rows: none !important; grid-auto-rows: auto !important}
 """
 
 
@@ -263,7 +265,7 @@ def load_tables(
         table, plot_input = service.load_eval_output(path)
         plots = service.bar_charts(plot_input, out_dir)
         what = f"`{Path(str(path)).name}`"
-    info = f"Loaded {what}: {len(table)} rows × {len(table.columns)} columns. Click a column header to sort."
+    info = f"Loaded {what}: {len(table)} methods × {len(table.columns) - 1} cells. Click a column header to sort."
     if not plots:
         info += " (No plots: eval.plots is not available.)"
     return table, [str(p) for p in plots], info
@@ -574,7 +576,13 @@ def create_demo(*, examples: bool = True, run_examples: bool = True) -> gr.Block
                 with gr.Column(scale=3):
                     t_info = gr.Markdown()
                     t_table = gr.Dataframe(label="Metric table", interactive=False, wrap=True)
-                    t_plots = gr.Gallery(label="Per-metric bar charts", columns=2, height="auto", object_fit="contain")
+                    t_plots = gr.Gallery(
+                        label="Per-metric bar charts",
+                        columns=1,
+                        height="auto",
+                        object_fit="contain",
+                        elem_id="vlmir-plots",
+                    )
             t_btn.click(
                 load_tables, [t_source, t_ref, t_folder, t_upload], [t_table, t_plots, t_info], api_name="tables"
             )
