@@ -113,6 +113,21 @@ def register_test_models() -> None:
         register(s, overwrite=True)
 
 
+TEST_MODEL_NAMES = ("test-diffusion", "test-classifier", "test-rater", "test-offline", "test-counted")
+
+
+@pytest.fixture
+def test_models():
+    """The test models in this process's registry for one test, removed afterwards (other test files in the same
+    session see the package's registry unchanged)."""
+    from vlmir import registry
+
+    register_test_models()
+    yield
+    for name in TEST_MODEL_NAMES:
+        registry._REGISTRY.pop(name, None)
+
+
 def serve() -> None:
     """Entry point of the test server process: ``python app.py`` plus the test models."""
     register_test_models()
@@ -474,10 +489,9 @@ def test_tables_from_reference_and_from_an_eval_folder(client, tmp_path_factory)
 # ---------------------------------------------------------------------------------------------- services
 
 
-def test_model_choices_label_unavailable_models_with_their_reason():
+def test_model_choices_label_unavailable_models_with_their_reason(test_models):
     from vlmir.app import service
 
-    register_test_models()
     cs = service.model_choices("restorer")
     off = next(c for c in cs if c.name == "test-offline")
     assert not off.available and "not in the local cache" in off.label
@@ -487,7 +501,7 @@ def test_model_choices_label_unavailable_models_with_their_reason():
         service.choice("nope", "restorer")
 
 
-def test_model_cache_builds_each_model_once_across_threads():
+def test_model_cache_builds_each_model_once_across_threads(test_models):
     from vlmir.app import service
     from vlmir.registry import ModelSpec, register
 
@@ -509,10 +523,9 @@ def test_model_cache_builds_each_model_once_across_threads():
     assert len(calls) == 1 and len({id(g) for g in got}) == 1
 
 
-def test_warm_up_builds_and_runs_the_given_models(monkeypatch):
+def test_warm_up_builds_and_runs_the_given_models(monkeypatch, test_models):
     from vlmir.app import service
 
-    register_test_models()
     cache = service.ModelCache(device="cpu")
     monkeypatch.setattr(service, "MODELS", cache)
     done = service.warm_up([("test-classifier", "classifier"), ("test-rater", "rater"), ("test-offline", "restorer")])
@@ -586,7 +599,7 @@ def test_examples_ship_small_and_are_licensed():
 
 
 @pytest.mark.browser
-def test_browser_every_tab(server, images, tmp_path):
+def test_browser_every_tab(server, images, tmp_path, test_models):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
     pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -630,7 +643,10 @@ def _browse(page, server, images, shot, expect, example):
     """Use every tab of the demo like a visitor would (test-model choices make the results exact)."""
     page.goto(server["url"], wait_until="networkidle")
     page.get_by_text("vision-language guided image restoration").first.wait_for()
+    page.get_by_text("Models in this app").first.click()  # the status table names every model and its state
+    page.get_by_text("test-offline").first.wait_for()
     shot(page, "home")
+    page.get_by_text("Models in this app").first.click()
 
     def panel(tab):
         page.get_by_role("tab", name=tab).click()
@@ -699,7 +715,6 @@ def _browse(page, server, images, shot, expect, example):
     # An example thumbnail fills the input and shows the default classifier's result (cached lazily)
     from vlmir.app import service
 
-    register_test_models()
     default = service.default_choice("classifier")
     page.reload(wait_until="networkidle")
     pnl = panel("Degradation type")

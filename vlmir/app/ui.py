@@ -292,14 +292,25 @@ def _restorer_settings(model: str | None) -> tuple[Any, Any, Any, str]:
     )
 
 
+def _short(reason: str, limit: int = 120) -> str:
+    """The first clause of a (long) availability reason, for the status table; the full text shows on selection."""
+    first = reason.split("; ")[0].split(". ")[0].strip()
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
 def _model_table() -> str:
-    lines = ["| task | model | status | description |", "|---|---|---|---|"]
+    lines = ["| model | task | status | description |", "|:--|:--|:--|:--|"]
     for task in ("restorer", "classifier", "rater"):
         for c in service.model_choices(task):
-            status = ("✅ default" if c.default else "✅") if c.available else f"⛔ {c.reason}"
-            if c.available and c.reason:
-                status += f" ({c.reason})"
-            lines.append(f"| {task} | `{c.name}` | {status} | {c.description} |")
+            if not c.available:
+                status = f"unavailable: {_short(c.reason)}"
+            elif c.default:
+                status = "**default**"
+            elif "download" in c.reason:
+                status = "downloads its weights on first use"
+            else:
+                status = "available"
+            lines.append(f"| `{c.name}` | {task} | {status} | {c.description} |")
     return "\n".join(lines)
 
 
