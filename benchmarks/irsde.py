@@ -16,7 +16,8 @@
 2. Fewer steps. ``IRSDEScheduler.set_timesteps(n)`` strides the schedule. With a denoiser of fixed quality (an
    oracle: the true noise of the current state plus N(0, 0.05^2) error, the error level of the reference fixture's
    recorded estimates) on the fixture's 32x32 gt/lq pair, the output of n steps is compared (PSNR) with the
-   100-step output and with gt, in both modes, averaged over seeds.
+   100-step output and with gt, in both modes, averaged over seeds; then the tiny random-weight fixture pipeline's
+   n-step output is compared with its 100-step output (same seed).
 
 Run::
 
@@ -118,9 +119,35 @@ def step_study(steps_list: list[int], seeds: int, err: float = 0.05) -> list[tup
                     x = s.step(eps, t, x, mu=lq, mode=mode, generator=g).prev_sample
                 outs[n].append(x)
         for n in sorted(outs, reverse=True):
-            vs100 = statistics.mean(_psnr(o, r) for o, r in zip(outs[n], outs[100])) if n != 100 else float("inf")
+            vs100 = statistics.mean(_psnr(o, r) for o, r in zip(outs[n], outs[100], strict=True)) if n != 100 else float("inf")
             vsgt = statistics.mean(_psnr(o, gt) for o in outs[n])
             rows.append((mode, n, vs100, vsgt))
+    return rows
+
+
+def tiny_model_study(steps_list: list[int], seeds: int) -> list[tuple[str, int, float]]:
+    """(mode, steps, PSNR vs the 100-step output) of the tiny reference pipeline (random-weight DA-CLIP and UNet of
+    the fixture) restoring the fixture's 32x32 lq with the same seed: how far strided sampling moves the result of
+    a network that has not been trained (an upper bound on the change, not a quality figure)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from vlmir.models.daclip import DaCLIP
+    from vlmir.pipelines.restoration import DaCLIPRestorationPipeline
+
+    meta = json.loads((FIXTURE / "tiny_a_meta.json").read_text())
+    io = load_file(str(FIXTURE / "tiny_a_io.safetensors"))
+    daclip = DaCLIP.from_pretrained(FIXTURE / "tiny_a_daclip_trainckpt.pt", clip_config=meta["clip_cfg"])
+    unet = ConditionalUNet.from_pretrained(FIXTURE / "tiny_a_unet.safetensors", **meta["unet_cfg"])
+    pipe = DaCLIPRestorationPipeline(daclip, unet, random_weights=True)
+    rows = []
+    for mode in ("posterior", "sde"):
+        lq = io[f"{mode}.lq"]
+        ref = [pipe(lq, steps=100, seed=s, mode=mode) for s in range(seeds)]
+        for n in sorted(steps_list, reverse=True):
+            rows.append((mode, n, statistics.mean(_psnr(pipe(lq, steps=n, seed=s, mode=mode), r)
+                                                  for s, r in enumerate(ref))))
     return rows
 
 
@@ -132,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="measure process CPU time instead of wall time (robust on a shared machine with --threads 1)")
+    ap.add_argument("--skip-timing", action="store_true", help="only the fewer-steps study")
     ap.add_argument("--skip-steps", action="store_true", help="skip the fewer-steps quality study")
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 20, 10])
     ap.add_argument("--seeds", type=int, default=4)
@@ -142,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = "process CPU time" if args.cpu_time else "wall time"
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, {clock} (CPU rows)")
     print("device  size  variant   best s/step  median s/step  speed-up (best)  max|diff| vs port")
-    for dev in devices:
+    for dev in [] if args.skip_timing else devices:
         device = torch.device(dev)
         for size in args.sizes:
             res = time_unet(size, device, args.repeats, cpu_time=args.cpu_time and dev == "cpu")
@@ -159,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         print("mode       steps  PSNR vs 100 steps  PSNR vs gt")
         for mode, n, vs100, vsgt in step_study(args.steps, args.seeds):
             print(f"{mode:9s}  {n:5d}  {vs100:17.2f}  {vsgt:10.2f}")
+        print("\nfewer steps, tiny random-weight fixture pipeline on the 32x32 lq (same seed as the 100-step run)")
+        print("mode       steps  PSNR vs 100 steps")
+        for mode, n, vs100 in tiny_model_study(args.steps, min(args.seeds, 2)):
+            print(f"{mode:9s}  {n:5d}  {vs100:17.2f}")
     return 0
 
 

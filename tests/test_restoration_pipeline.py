@@ -71,6 +71,18 @@ def test_clip_transform_values():
     assert torch.allclose(y[0, :, 10, 10], want, atol=1e-6)
 
 
+def test_tensor_preprocess_close_to_original(models):
+    daclip, unet = models
+    x = _image(80, 120)
+    a = DaCLIPRestorationPipeline(daclip, unet).encode(x)
+    b = DaCLIPRestorationPipeline(daclip, unet, preprocess="tensor").encode(x)
+    for u, v in zip(a, b, strict=True):
+        assert nn.functional.cosine_similarity(u, v).item() > 0.99
+        assert not torch.equal(u, v)  # 8-bit rounding and the resampler differ slightly
+    with pytest.raises(ValueError, match="preprocess"):
+        DaCLIPRestorationPipeline(daclip, unet, preprocess="pil")
+
+
 def test_matches_explicit_loop_and_seeds(pipe, models):
     daclip, unet = models
     x = _image()

@@ -16,6 +16,11 @@ Deviations from the original (none change the numbers of the reference computati
       ``to_out(to_v(context))`` (softmax over one key is 1), broadcast over all positions; :meth:`prepare_context`
       computes everything that depends only on the image (prompt embedding, cross-attention outputs) once per image
       instead of once per step. ``set_fast(False)`` selects the straightforward port (explicit attention matrices).
+      The fast path also re-associates the linear attention (blocked online softmax over positions; neither v nor
+      the attention output is materialised), computes the nearest-upsample + 3x3 conv as a 2x2 conv per output phase
+      on the low-resolution map (16/36 of the multiply-adds), runs 1x1 convs as GEMMs and layer norms with the fused
+      kernel in channels-last, and fuses FiLM. All are exact up to float summation order (tests: <= 1e-4, gradients
+      too); about 1.6x less CPU time per step at 256x256 in channels-last (``benchmarks/irsde.py``).
     - no gradient-checkpointing wrapper inside the transformer block (it only matters for training memory).
     - inputs too small to reflect-pad to a multiple of ``2**len(ch_mult)`` raise ``ValueError`` (the original fails
       inside ``F.pad``).

@@ -68,8 +68,8 @@ def clip_transform(x: torch.Tensor, image_size: int = 224) -> torch.Tensor:
     """
     import numpy as np
     from PIL import Image
-    from torchvision.transforms import functional as TF
     from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
 
     if x.ndim != 4 or x.shape[:2] != (1, 3):
         raise ValueError(f"x must be (1, 3, H, W), got {tuple(x.shape)}")
