@@ -630,13 +630,14 @@ def degradation_types() -> list[str]:
     return seen
 
 
-def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 64) -> list[str]:
-    """Build models ahead of the first request and run each once on a small grey image, so the first visitor does
+def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 512) -> list[str]:
+    """Build models ahead of the first request and run each once on a grey image, so the first visitor does
     not wait for weight loading and first-call set-up. Called in a background thread after launch (never at import).
 
     Args:
         models: ``(name, task)`` pairs; default: each task's default choice that is available without a download.
-        size: side of the warm-up image in pixels.
+        size: side of the warm-up image in pixels (512: the size most visitors upload, so first-call set-up for
+            those shapes is done too).
 
     Returns:
         the names warmed up. A model that fails here is skipped (its error shows on first real use).
