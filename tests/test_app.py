@@ -529,7 +529,9 @@ def test_warm_up_builds_and_runs_the_given_models(monkeypatch, test_models):
     cache = service.ModelCache(device="cpu")
     monkeypatch.setattr(service, "MODELS", cache)
     done = service.warm_up(
-        size=32, models=[("test-classifier", "classifier"), ("test-rater", "rater"), ("test-offline", "restorer")]
+        size=32,
+        metrics=False,
+        models=[("test-classifier", "classifier"), ("test-rater", "rater"), ("test-offline", "restorer")],
     )
     assert done == ["test-classifier", "test-rater"]  # the unavailable one is skipped, not fatal
     assert cache.loaded() == ["test-classifier", "test-rater"]

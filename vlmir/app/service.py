@@ -630,7 +630,7 @@ def degradation_types() -> list[str]:
     return seen
 
 
-def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 512) -> list[str]:
+def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 512, metrics: bool = True) -> list[str]:
     """Build models ahead of the first request and run each once on a grey image, so the first visitor does
     not wait for weight loading and first-call set-up. Called in a background thread after launch (never at import).
 
@@ -638,6 +638,7 @@ def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 512) -> 
         models: ``(name, task)`` pairs; default: each task's default choice that is available without a download.
         size: side of the warm-up image in pixels (512: the size most visitors upload, so first-call set-up for
             those shapes is done too).
+        metrics: also build the Compare tab's no-reference pyiqa metrics (``"nr-metrics"`` in the result).
 
     Returns:
         the names warmed up. A model that fails here is skipped (its error shows on first real use).
@@ -661,4 +662,12 @@ def warm_up(models: list[tuple[str, str]] | None = None, *, size: int = 512) -> 
             done.append(name)
         except Exception as e:  # reported, not fatal: warm-up is an optimisation only
             print(f"vlmir app: warm-up of {name!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    if metrics:
+        try:  # import pyiqa and build the Compare tab's metrics once
+            with torch.inference_mode(), _METRIC_LOCK:
+                for m in nr_metrics_available():
+                    _metric(m)(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)))
+            done.append("nr-metrics")
+        except Exception as e:
+            print(f"vlmir app: warm-up of the no-reference metrics failed: {type(e).__name__}: {e}", file=sys.stderr)
     return done
