@@ -36,6 +36,8 @@ def test_unavailable_model_says_why():
     register(_spec("zz-test-off", available=lambda: (False, "weights x/y.pt are not cached")), overwrite=True)
     with pytest.raises(RuntimeError, match="not available: weights x/y.pt are not cached"):
         create_model("zz-test-off")
+    # explicit weights bypass the default-source check; the builder gets them
+    assert create_model("zz-test-off", weights_dir="/w") == ("zz-test-off", "cpu", {"weights_dir": "/w"})
 
 
 def test_hub_file_offline_fails_fast_naming_repo_and_file(monkeypatch, tmp_path):

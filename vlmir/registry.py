@@ -161,9 +161,12 @@ def create_model(name: str | None = None, task: str | None = None, device: str =
             raise ValueError("give a model name or a task")
         name = default_model(task)
     spec = get_spec(name, task)
-    ok, reason = spec.availability()
-    if not ok:
-        raise RuntimeError(f"model {name!r} is not available: {reason}")
+    # Explicit weights (weights_dir=, *_path=) make the default sources irrelevant: the builder checks those itself.
+    explicit = any(k == "weights_dir" or k.endswith("_path") for k, v in kwargs.items() if v is not None)
+    if not explicit:
+        ok, reason = spec.availability()
+        if not ok:
+            raise RuntimeError(f"model {name!r} is not available: {reason}")
     return spec.build(device=device, **kwargs)
 
 
