@@ -54,10 +54,12 @@ def bar_charts(table_or_scores: pd.DataFrame, out_dir: str | os.PathLike, *, dpi
         arrow = "lower is better" if metric_info(metric).lower_better else "higher is better"
         ax.set_title(f"{display_name(metric)} ({arrow})")
         ax.set_xticks(x, cats)
-        ax.legend(fontsize="small", ncol=min(len(methods), 3))
+        # legend beside the axes, so it never hides a bar
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+                  ncol=1 if len(methods) <= 12 else 2)
         fig.tight_layout()
         path = out / f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', metric)}.png"
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
     return paths
