@@ -110,7 +110,7 @@ def load_rater_head(path: str | Path | None = None, *, allow_random: bool = True
                       what="embedded rater")
     if head is None:
         torch.manual_seed(0)
-        head = VisibilityHead(feature_dim=feature_dim or 907).to(device).eval()
+        head = VisibilityHead(feature_dim=feature_dim or 2187).to(device).eval()
     return head, rnd
 
 

@@ -138,9 +138,9 @@ class DegradationAwareEncoder(nn.Module):
 
     @property
     def pooled_dim(self) -> int:
-        """Size of :meth:`forward_features`'s ``pooled`` (globally pooled controller stages 3 and 4)."""
-        w = self.config["vision_width"]
-        return w * 16 + w * 32
+        """Size of :meth:`forward_features`'s ``pooled``: spatial mean and standard deviation of each of the
+        controller's four stages (``2 * (4 + 8 + 16 + 32) * vision_width``)."""
+        return 2 * 60 * self.config["vision_width"]
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """open_clip BPE tokens ``(N, context_length)`` int64 for ``texts``."""
@@ -152,7 +152,7 @@ class DegradationAwareEncoder(nn.Module):
         """Run both towers on crops ``x`` (B, 3, S, S) in [0, 1], S = ``image_size``.
 
         Returns a dict of unnormalised ``content`` (B, D) and ``degradation`` (B, D) embeddings and ``pooled``
-        (B, :attr:`pooled_dim`) globally average-pooled controller features (severity cues for the rater).
+        (B, :attr:`pooled_dim`) globally pooled controller statistics (severity cues for the rater).
         """
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"expected crops (B, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
@@ -164,7 +164,7 @@ class DegradationAwareEncoder(nn.Module):
             c = getattr(ctrl, name)(c)  # (B, w*4*2^i, S/(4*2^i), S/(4*2^i))
             h = getattr(visual, name)(h) + self.zero_convs[i](c)  # DA-CLIP: encoder hidden state + zero-layer(control)
             stages.append(c)
-        pooled = torch.cat([stages[2].mean((2, 3)), stages[3].mean((2, 3))], dim=1)
+        pooled = torch.cat([s.mean((2, 3)) for s in stages] + [s.std((2, 3)) for s in stages], dim=1)
         return {"content": visual.attnpool(h), "degradation": ctrl.attnpool(c), "pooled": pooled}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,13 +6,13 @@ Vision-Language Models" (WResVLM, ECCV 2024). WResVLM asks a VLM to rate an imag
 
 Here the level probabilities come from a small MLP over the frozen encoder's features instead of a VLM (no VLM
 weights can be loaded on our machines): the L2-normalised content and degradation embeddings, the softmax over
-the degradation names, and the globally pooled controller features (which keep the severity that the contrastive
+the degradation names, and the globally pooled controller statistics (which keep the severity that the contrastive
 degradation embedding is trained to ignore). Trained against the degradation engine's visibility labels.
 
 Example::
 
-    >>> head = VisibilityHead(feature_dim=907)
-    >>> p = head(torch.randn(2, 907)).softmax(-1)   # (2, 5) over LEVELS_ASCENDING = bad..excellent
+    >>> head = VisibilityHead(feature_dim=2187)
+    >>> p = head(torch.randn(2, 2187)).softmax(-1)   # (2, 5) over LEVELS_ASCENDING = bad..excellent
     >>> r = (p * torch.arange(1, 6)).sum(-1)         # WResVLM's score in [1, 5]
 """
 

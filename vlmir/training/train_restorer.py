@@ -53,7 +53,8 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
     with torch.no_grad():
         mse_in = (lq - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
         mse_out = (out.clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        gain = (10 * torch.log10(mse_in / mse_out)).mean().item()
+        deg = batch["severity"].to(lq.device) > 0  # PSNR gain over degraded crops only (clean ones have mse_in 0)
+        gain = (10 * torch.log10(mse_in / mse_out))[deg].mean().item() if deg.any() else 0.0
     return loss, {"loss": loss.item(), "l1": l1.item(), "gate_bce": lg.item(), "psnr_gain": gain}
 
 
