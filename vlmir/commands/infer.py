@@ -30,10 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--tile", type=int, default=None, help="tile size in pixels for large images")
     p.add_argument("--type", dest="degradation", default=None, help="degradation type, for restorers that take one")
+    p.add_argument("--weights-dir", default=None, help="folder holding the model's weight files (e.g. the official "
+                   "DA-CLIP daclip_ViT-B-32.pt and universal-ir.pth)")
     p.set_defaults(func=run_restore)
 
     p = sub.add_parser("classify", parents=[common], help="predict the degradation type")
     p.add_argument("--model", default=None, help="classifier name (default: the embedded model)")
+    p.add_argument("--weights-dir", default=None, help="folder holding the model's weight files")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run_classify)
 
@@ -60,6 +63,10 @@ def _warn_random(model) -> None:
     if getattr(model, "random_weights", False):
         print(f"warning: model {getattr(model, 'name', '?')!r} has RANDOM weights; its output means nothing",
               file=sys.stderr)
+
+
+def _weights(args) -> dict:
+    return {"weights_dir": args.weights_dir} if getattr(args, "weights_dir", None) else {}
 
 
 def _images(args):
@@ -89,7 +96,7 @@ def run_restore(args) -> int:
             raise ValueError(f"{path!r} and {stems[stem]!r} would both be written to {out_dir / (stem + '.png')}; "
                              "restore them in separate runs or rename one")
         stems[stem] = path
-    model = create_model(args.model, task="restorer", device=args.device)
+    model = create_model(args.model, task="restorer", device=args.device, **_weights(args))
     _warn_random(model)
     kwargs = {"steps": args.steps, "seed": args.seed, "tile": args.tile}
     if args.degradation is not None:
@@ -109,7 +116,7 @@ def run_classify(args) -> int:
 
     from vlmir.registry import create_model
 
-    model = create_model(args.model, task="classifier", device=args.device)
+    model = create_model(args.model, task="classifier", device=args.device, **_weights(args))
     _warn_random(model)
     for path, x in _images(args):
         with torch.inference_mode():

@@ -428,8 +428,8 @@ def _available(*files: str) -> Callable[[], tuple[bool, str]]:
             ok, reason = hub_available(HUB_REPO, f)
             if not ok:
                 return False, (
-                    f"{reason}; put {f} in {local} (or set VLMIR_DACLIP_DIR), or pass weights_dir= / daclip_path= / "
-                    "unet_path= to the builder"
+                    f"{reason}; put {f} in {local} (or set VLMIR_DACLIP_DIR), or point to its folder "
+                    "(command line: --weights-dir DIR; Python: weights_dir= / daclip_path= / unet_path=)"
                 )
             if reason:
                 notes.append(reason)
