@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-LEVELS = ("excellent", "good", "fair", "poor", "bad")  # WResVLM's five visibility levels, 5 ... 1
+from vlmir.constants import LEVELS  # (WResVLM's five visibility levels, 5 ... 1)
 
 # No-reference metrics for the Compare tab: pyiqa name -> weight file pyiqa needs in its cache (None: weight-free).
 # NIQE and BRISQUE need parameter files pyiqa downloads on first use; they are offered only when already cached.

@@ -26,22 +26,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from vlmir.constants import DEGRADATIONS, LEVELS  # DA-CLIP's ten types; WResVLM's level words
 from vlmir.degradations import blur, haze, inpaint, jpeg, lowlight, noise, rain, raindrop, shadow, snow
-
-# DA-CLIP's ten degradation types, in DA-CLIP's (alphabetical) order
-DEGRADATIONS: tuple[str, ...] = (
-    "motion-blurry",
-    "hazy",
-    "jpeg-compressed",
-    "low-light",
-    "noisy",
-    "raindrop",
-    "rainy",
-    "shadowed",
-    "snowy",
-    "uncompleted",
-)
-LEVELS: tuple[str, ...] = ("excellent", "good", "fair", "poor", "bad")
 
 FAMILIES: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
     m.NAME: m.apply for m in (blur, haze, jpeg, lowlight, noise, raindrop, rain, shadow, snow, inpaint)

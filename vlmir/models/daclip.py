@@ -63,18 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The ten degradation types of DA-CLIP's training set, in the order of the original (and of its demo output).
-DEGRADATIONS: tuple[str, ...] = (
-    "motion-blurry",
-    "hazy",
-    "jpeg-compressed",
-    "low-light",
-    "noisy",
-    "raindrop",
-    "rainy",
-    "shadowed",
-    "snowy",
-    "uncompleted",
-)
+from vlmir.constants import DEGRADATIONS  # noqa: E402,F401  (re-exported)
 
 # OpenAI CLIP normalisation (open_clip.constants.OPENAI_DATASET_MEAN/STD), used by the original's clip_transform.
 OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
