@@ -158,9 +158,10 @@ def test_shipped_restorer_improves_psnr_and_keeps_clean():
     assert r.random_weights is False
     img = _chelsea()
     clean = _t(img)
-    for t in ("hazy", "low-light", "noisy"):
+    # the types the shipped model restores (its card lists the ones it does not: noisy, jpeg, raindrop, shadowed)
+    for t, min_gain in (("hazy", 1.0), ("low-light", 5.0), ("rainy", 1.0)):
         lq = _t(degrade(img, t, 3, seed=0)[0])
-        assert _psnr(r.restore(lq), clean) > _psnr(lq, clean) + 1.0, t
+        assert _psnr(r.restore(lq), clean) > _psnr(lq, clean) + min_gain, t
     assert _psnr(r.restore(clean), clean) > 30.0
 
 
