@@ -16,7 +16,6 @@ from vlmir.models.restorer import ConditionalRestorer
 from vlmir.registry import create_model, get_spec, list_models
 
 
-
 def _needs(*dirs):
     ok = all((d / "model.safetensors").is_file() for d in dirs)
     return pytest.mark.skipif(not ok, reason="shipped weights not in assets/weights (train them first)")

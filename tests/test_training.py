@@ -48,7 +48,7 @@ def test_sampler_is_reproducible_and_labels_are_consistent():
     assert torch.equal(a["lq"], b["lq"]) and a["types"] == b["types"]
     assert a["lq"].shape == (5, 3, 64, 64) and 0 <= a["lq"].min() and a["lq"].max() <= 1
     assert torch.allclose(a["target"].sum(1), torch.ones(5))
-    for t, tgt, sev, vis in zip(a["types"], a["target"], a["severity"], a["visibility"]):
+    for t, tgt, sev, vis in zip(a["types"], a["target"], a["severity"], a["visibility"], strict=True):
         if not t:
             assert tgt[CLASS_NAMES.index("clear")] == 1 and sev == 0 and vis == 5
         else:

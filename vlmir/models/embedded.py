@@ -151,7 +151,7 @@ class EmbeddedClassifier(EmbeddedEncoderModel):
 
     def classify(self, x: torch.Tensor) -> dict[str, float]:
         p = self.features(x)["logits"].softmax(-1)[0].tolist()
-        return dict(zip(self.encoder.degradation_names, p))
+        return dict(zip(self.encoder.degradation_names, p, strict=True))
 
 
 class EmbeddedRater(EmbeddedEncoderModel):

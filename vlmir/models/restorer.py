@@ -156,14 +156,14 @@ class ConditionalRestorer(nn.Module):
         gate = torch.sigmoid(self.gate(h))[..., None, None]  # (B, 1, 1, 1)
         y = self.intro(F.pixel_unshuffle(x, 2))  # (B, width, H/2, W/2)
         skips = []
-        for blocks, down in zip(self.encoders, self.downs):
+        for blocks, down in zip(self.encoders, self.downs, strict=True):
             for blk in blocks:
                 y = blk(y, h)
             skips.append(y)
             y = down(y)
         for blk in self.middle:
             y = blk(y, h)
-        for up, blocks, skip in zip(self.ups, self.decoders, reversed(skips)):
+        for up, blocks, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
             y = up(y) + skip
             for blk in blocks:
                 y = blk(y, h)
