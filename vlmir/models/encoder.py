@@ -37,20 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmir.constants import CLEAR, DEGRADATIONS
+
 # DA-CLIP's ten degradation names (its dataset folders), plus ``clear`` for undegraded inputs.
-DEGRADATION_NAMES = (
-    "motion-blurry",
-    "hazy",
-    "jpeg-compressed",
-    "low-light",
-    "noisy",
-    "raindrop",
-    "rainy",
-    "shadowed",
-    "snowy",
-    "uncompleted",
-    "clear",
-)
+DEGRADATION_NAMES: tuple[str, ...] = (*DEGRADATIONS, CLEAR)
 
 # open_clip's CLIP normalisation (OPENAI_DATASET_MEAN / STD).
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
