@@ -32,7 +32,7 @@ class _Brightness:
 
         logits = torch.arange(len(NAMES), dtype=torch.float32) * float(x.mean())
         p = torch.softmax(logits, 0)
-        return dict(zip(NAMES, p.tolist()))
+        return dict(zip(NAMES, p.tolist(), strict=True))
 
     def rate(self, x):
         m = float(x.mean())
@@ -67,7 +67,7 @@ def test_restore_writes_same_size_pngs_with_one_model_load(tmp_path, images, cap
     BUILDS.clear()
     rc = main(["restore", *paths, "--out-dir", str(tmp_path / "out"), "--model", "test-brightness-restorer"])
     assert rc == 0 and BUILDS == ["cpu"]
-    for p, v in zip(paths, (64, 192)):
+    for p, v in zip(paths, (64, 192), strict=True):
         out = np.asarray(Image.open(tmp_path / "out" / (Path(p).stem + ".png")))
         assert out.shape == (5, 7, 3) and int(out[0, 0, 0]) == 255 - v
 

@@ -28,7 +28,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width * height) accepted by default: 40 MP. Override per call or with ``VLMIR_MAX_PIXELS``."""
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray, torch.Tensor]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray | torch.Tensor
 
 _ALLOWED = (
     "a path to an image file, bytes of an encoded image, a binary file object, a PIL image, a numpy array "
