@@ -296,3 +296,40 @@ def test_create_model_from_local_official_files(meta, monkeypatch, tmp_path):
     probs = clf.classify(x)
     assert clf.name == "daclip-classifier" and len(probs) == 10
     assert abs(sum(probs.values()) - 1) < 1e-5 and "noisy" in probs
+
+
+def test_cli_restores_with_daclip_from_a_weights_dir_in_official_formats(meta, monkeypatch, tmp_path, capsys):
+    """``python -m vlmir restore --model daclip --weights-dir D``: official file names and formats, sizes given by
+    ``<file>.json`` sidecars; the PNG equals the pipeline's own output, and offline without the folder it says why."""
+    from PIL import Image
+
+    from vlmir.commands import main
+    from vlmir.io import load_image, save_image
+
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    _official_files(wdir, "daclip_ViT-B-32.pt", "universal-ir.pth")
+    (wdir / "daclip_ViT-B-32.pt.json").write_text(json.dumps(meta["clip_cfg"]))
+    (wdir / "universal-ir.pth.json").write_text(json.dumps(meta["unet_cfg"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("VLMIR_DACLIP_DIR", str(tmp_path / "empty"))
+    src = save_image(_image(40, 56), tmp_path / "in.png")
+    rc = main(["restore", str(src), "--model", "daclip", "--weights-dir", str(wdir), "--steps", "3", "--seed", "5",
+               "--out-dir", str(tmp_path / "out")])
+    assert rc == 0
+    out = tmp_path / "out" / "in.png"
+    assert Image.open(out).size == (56, 40)
+    pipe = R.build_restorer(weights_dir=wdir)  # the sidecars again, through the Python API
+    expect = pipe.restore(load_image(src), steps=3, seed=5)
+    assert torch.allclose(load_image(out), (expect * 255).round() / 255, atol=1 / 255 + 1e-6)
+    clf = R.build_classifier(weights_dir=wdir)
+    assert abs(sum(clf.classify(load_image(src)).values()) - 1) < 1e-5
+    # a broken sidecar is a clear error, not a crash deep inside the model
+    (wdir / "universal-ir.pth.json").write_text("{nope")
+    with pytest.raises(ValueError, match="universal-ir.pth.json is not valid JSON"):
+        R.build_restorer(weights_dir=wdir)
+    # offline and no folder: the message names the file and the flag
+    capsys.readouterr()
+    rc = main(["restore", str(src), "--model", "daclip", "--out-dir", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "daclip_ViT-B-32.pt" in err and "--weights-dir" in err

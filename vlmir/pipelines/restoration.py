@@ -29,6 +29,8 @@ Example (tiny local models)::
 
 from __future__ import annotations
 
+import json
+
 import inspect
 import math
 import os
@@ -361,6 +363,23 @@ def _weights(variant: str, weights_dir: str | Path | None, daclip_path: Any, une
     return dpath, upath
 
 
+def _sidecar_config(weights: Path) -> dict[str, Any] | None:
+    """The model config stored beside a weight file as ``<file name>.json`` (e.g. ``universal-ir.pth.json``), if any.
+
+    The official files carry no config: the official sizes are the defaults. A sidecar lets retrained or resized
+    DA-CLIP / UNet files load from the command line (``--weights-dir``) without Python."""
+    side = weights.with_name(weights.name + ".json")
+    if not side.is_file():
+        return None
+    try:
+        cfg = json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {side} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"model config {side} must hold a JSON object of constructor arguments")
+    return cfg
+
+
 def build_restorer(
     device: str = "cpu",
     *,
@@ -381,8 +400,10 @@ def build_restorer(
         variant: ``"daclip"`` or ``"daclip-mix"`` (which hub files).
         weights_dir: a folder holding the official file names (``daclip_ViT-B-32.pt``, ``universal-ir.pth``, ...).
         daclip_path, unet_path: explicit files (override ``weights_dir`` and the hub).
-        clip_config: open_clip config of the DA-CLIP checkpoint (default: inferred from its tensor shapes).
-        unet_config: ConditionalUNet arguments (default: the official nf=64, ch_mult=[1, 2, 4, 8], context 512).
+        clip_config: open_clip config of the DA-CLIP checkpoint (default: a ``<file>.json`` beside the checkpoint,
+            else inferred from its tensor shapes).
+        unet_config: ConditionalUNet arguments (default: a ``<file>.json`` beside the state dict, else the official
+            nf=64, ch_mult=[1, 2, 4, 8], context 512).
         mode, fast, preprocess: see :class:`DaCLIPRestorationPipeline`.
     """
     from vlmir.models.daclip import DaCLIP
@@ -392,8 +413,8 @@ def build_restorer(
     if variant not in HUB_FILES:
         raise ValueError(f"variant {variant!r} is not one of {sorted(HUB_FILES)}")
     dpath, upath = _weights(variant, weights_dir, daclip_path, unet_path)
-    daclip = DaCLIP.from_pretrained(dpath, clip_config=clip_config)
-    unet = ConditionalUNet.from_pretrained(upath, **(unet_config or OFFICIAL_CONFIG))
+    daclip = DaCLIP.from_pretrained(dpath, clip_config=clip_config or _sidecar_config(dpath))
+    unet = ConditionalUNet.from_pretrained(upath, **(unet_config or _sidecar_config(upath) or OFFICIAL_CONFIG))
     pipe = DaCLIPRestorationPipeline(
         daclip, unet, IRSDEScheduler(max_sigma=50, T=100, schedule="cosine", eps=0.005),
         name=variant, random_weights=False, mode=mode, fast=fast, preprocess=preprocess,
@@ -415,7 +436,8 @@ def build_classifier(
     path = Path(daclip_path) if daclip_path is not None else hub_file(HUB_REPO, HUB_FILES["daclip"][0], local_dir=local)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return DaCLIPClassifier(DaCLIP.from_pretrained(path, clip_config=clip_config), name="daclip-classifier", device=device)
+    daclip = DaCLIP.from_pretrained(path, clip_config=clip_config or _sidecar_config(path))
+    return DaCLIPClassifier(daclip, name="daclip-classifier", device=device)
 
 
 def _available(*files: str) -> Callable[[], tuple[bool, str]]:
