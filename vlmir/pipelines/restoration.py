@@ -29,9 +29,8 @@ Example (tiny local models)::
 
 from __future__ import annotations
 
-import json
-
 import inspect
+import json
 import math
 import os
 from collections.abc import Callable, Iterable
