@@ -90,6 +90,23 @@ def test_restorer_loss_decreases(batch):
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
 
 
+def test_restorer_optimal_gate_target(batch):
+    """``gate_target="optimal"``: the gate's target is the residual's least-squares scale, 0 for clean inputs."""
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64)
+    clean_batch = dict(batch, lq=batch["clean"], severity=torch.zeros_like(batch["severity"]))
+    _, logs = restorer_losses(net, enc, clean_batch, crop=48, gate_target="optimal")
+    gate = net.gate_value(torch.cat([torch.nn.functional.normalize(t, dim=-1) for t in (
+        enc.forward_features(batch["clean"])["content"], enc.forward_features(batch["clean"])["degradation"])], -1))
+    expected = -torch.log(1 - gate).mean().item()  # BCE against target 0
+    assert logs["gate_bce"] == pytest.approx(expected, rel=1e-4)
+    losses = _fit(net, lambda: restorer_losses(net, enc, batch, crop=48, gate_target="optimal"), steps=15)
+    assert np.isfinite(losses).all()
+    with pytest.raises(ValueError, match="gate_target"):
+        restorer_losses(net, enc, batch, gate_target="always")
+
+
 def test_rater_soft_levels_and_loss_decreases(batch):
     t = soft_levels(torch.tensor([1.0, 3.0, 5.0]), smoothing=0.2)
     assert torch.allclose(t.sum(1), torch.ones(3))

@@ -3,8 +3,11 @@
 The degradation-aware encoder is frozen (``encoder`` in the config: an exported weights folder); its normalised
 content and degradation embeddings of the degraded crop condition the restorer (DA-CLIP's design: the restorer
 sees what the encoder thinks the degradation is). Pairs cover the ten types, mixtures and clean crops (identity
-target, the ``clear`` case). Loss: ``L1(restored, clean) + gate_weight * BCE(gate, degraded)``: the gate is
-pushed to 0 for clean inputs so they come back unchanged, to 1 otherwise.
+target, the ``clear`` case). Loss: ``L1(restored, clean) + gate_weight * BCE(gate, target)``. With
+``gate_target: "degraded"`` (default) the target is 0 for clean inputs (they come back unchanged) and 1 otherwise;
+with ``"optimal"`` it is the per-image least-squares scale of the predicted residual,
+``clip(<R, clean - lq> / |R|^2, 0, 1)`` (detached): 0 for clean inputs and wherever the residual does not help, so
+the gate learns to fall back to identity on degradations the network cannot yet undo.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ def condition(encoder: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
 
 
 def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, gate_weight: float = 0.1,
-                    crop: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch's loss: the encoder sees the whole crop, the restorer a centred ``crop`` of it (or all)."""
+                    crop: int | None = None, gate_target: str = "degraded") -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's loss: the encoder sees the whole crop, the restorer a centred ``crop`` of it (or all);
+    ``gate_target`` is ``"degraded"`` or ``"optimal"`` (see the module docstring)."""
+    if gate_target not in ("degraded", "optimal"):
+        raise ValueError(f"gate_target must be 'degraded' or 'optimal', got {gate_target!r}")
     lq, clean = batch["lq"], batch["clean"]
     cond = condition(encoder, lq)
     if crop is not None and crop < lq.shape[-1]:
@@ -47,8 +53,14 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
         lq, clean = lq[..., o : o + crop, o : o + crop], clean[..., o : o + crop, o : o + crop]
     out, gate = model(lq, cond, return_gate=True)
     l1 = F.l1_loss(out, clean)
-    degraded = (batch["severity"] > 0).float().to(gate.device)
-    lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), degraded)
+    if gate_target == "optimal":
+        with torch.no_grad():
+            r = (out - lq) / gate.clamp_min(1e-6)[:, None, None, None]  # the ungated residual R(x, e)
+            num = (r * (clean - lq)).flatten(1).sum(1)
+            target = (num / r.pow(2).flatten(1).sum(1).clamp_min(1e-8)).clamp(0, 1)
+    else:
+        target = (batch["severity"] > 0).float().to(gate.device)
+    lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), target)
     loss = l1 + gate_weight * lg
     with torch.no_grad():
         mse_in = (lq - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -88,6 +100,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 1000 + acc.process_index)
     restore_crop = cfg.get("restore_crop")
     gate_weight = float(cfg.get("gate_weight", 0.1))
+    gate_target = str(cfg.get("gate_target", "degraded"))
     step, spent = 0, 0.0
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
@@ -111,7 +124,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
             g["lr"] = cosine_lr(step, steps, lr, warmup)
         batch = sampler.sample(bs)
         batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, logs = restorer_losses(model, encoder, batch, gate_weight=gate_weight, crop=restore_crop)
+        loss, logs = restorer_losses(model, encoder, batch, gate_weight=gate_weight, crop=restore_crop,
+                                       gate_target=gate_target)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
