@@ -93,6 +93,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resume_from(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: Any,
+                log: logging.Logger) -> tuple[int, float]:
+    """Restore model, optimiser, data sampler and torch RNG from ``path`` when it exists (an exact resume).
+
+    Returns ``(step, wall seconds already spent)``; ``(0, 0.0)`` when there is no checkpoint yet.
+    """
+    if not path.is_file():
+        return 0, 0.0
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch_rng"])
+    step = int(state["step"])
+    log.info(f"resumed from {path} at step {step}")
+    return step, float(state["extra"].get("wall_s", 0.0))
+
+
 def export_weights(out_dir: Path, *, model: torch.nn.Module, model_config: dict, train_config: dict,
                    metrics: dict | None = None, extra_config: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (constructor args) + ``train_config.json`` (+ ``metrics.json``)."""

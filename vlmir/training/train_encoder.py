@@ -29,8 +29,8 @@ from vlmir.training.common import (
     Timer,
     cosine_lr,
     export_weights,
-    load_checkpoint,
     make_accelerator,
+    resume_from,
     save_checkpoint,
     setup_logger,
 )
@@ -101,16 +101,9 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
                                          float(cfg.get("text_lr_mult", 1.0))), lr=lr)
     sampler = PairSampler(DataConfig(**cfg.get("data", {})), seed=seed + acc.process_index)
     loss_cfg = cfg.get("loss", {})
-    step, spent = 0, 0.0
     ckpt_path = out_dir / "checkpoint.pt"
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, spent = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
-        log.info(f"resumed from {ckpt_path} at step {step}")
+    step, spent = (resume_from(ckpt_path, model=model, optimizer=opt, sampler=sampler, log=log)
+                   if resume else (0, 0.0))
     (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     model, opt = acc.prepare(model, opt)
     timer = Timer(spent)

@@ -20,8 +20,8 @@ from vlmir.training.common import (
     Timer,
     cosine_lr,
     export_weights,
-    load_checkpoint,
     make_accelerator,
+    resume_from,
     save_checkpoint,
     setup_logger,
 )
@@ -81,16 +81,9 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     data_cfg.setdefault("crop", encoder.image_size)
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
-    step, spent = 0, 0.0
     ckpt_path = out_dir / "checkpoint.pt"
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        head.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, spent = int(state["step"]), float(state["extra"].get("wall_s", 0.0))
-        log.info(f"resumed from {ckpt_path} at step {step}")
+    step, spent = (resume_from(ckpt_path, model=head, optimizer=opt, sampler=sampler, log=log)
+                   if resume else (0, 0.0))
     (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     head, opt = acc.prepare(head, opt)
     encoder = encoder.to(acc.device)
