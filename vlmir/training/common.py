@@ -146,3 +146,34 @@ class Timer:
 
     def elapsed(self) -> float:
         return time.time() - self.start
+
+
+def after_step(step: int, steps: int, logs: dict[str, float], *, every: int, ck_every: int, log: logging.Logger,
+               timer: Any, acc: Any, ckpt_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               sampler: Any) -> None:
+    """The bookkeeping of every training loop after optimiser step ``step`` (0-based): a log line every ``every``
+    steps (and the first), a checkpoint every ``ck_every`` steps on the main process."""
+    if (step + 1) % every == 0 or step == 0:
+        log.info(f"step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+                 + f" wall={timer.elapsed():.0f}s")
+    if (step + 1) % ck_every == 0 and acc.is_main_process:
+        save_checkpoint(ckpt_path, model=acc.unwrap_model(model), optimizer=optimizer, step=step + 1,
+                        sampler_state=sampler.state(), extra={"wall_s": timer.elapsed()})
+
+
+def finish_run(final_step: int, logs: dict[str, Any], *, architecture: str, cfg: dict[str, Any], out_dir: Path,
+               export: str | Path | None, log: logging.Logger, timer: Any, acc: Any, ckpt_path: Path,
+               model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: Any) -> dict[str, Any]:
+    """End a run: record steps and wall time in ``logs``, write the last checkpoint, and export the weights to
+    ``out_dir/final`` (and ``export`` when given) on the main process. Returns ``logs``."""
+    logs["steps"] = final_step
+    logs["wall_s"] = round(timer.elapsed(), 1)
+    if acc.is_main_process:
+        net = acc.unwrap_model(model)
+        save_checkpoint(ckpt_path, model=net, optimizer=optimizer, step=final_step, sampler_state=sampler.state(),
+                        extra={"wall_s": timer.elapsed()})
+        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
+            export_weights(dst, model=net, model_config=net.config, train_config=cfg,
+                           extra_config={"architecture": architecture}, metrics={"train": logs})
+        log.info(f"done: {logs}")
+    return logs

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from vlmir.models.encoder import DegradationAwareEncoder
 from vlmir.training.common import (
     Timer,
+    after_step,
     cosine_lr,
-    export_weights,
+    finish_run,
     make_accelerator,
     resume_from,
-    save_checkpoint,
     setup_logger,
 )
 from vlmir.training.data import CLASS_NAMES, DataConfig, PairSampler
@@ -123,22 +123,10 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         acc.backward(loss)
         opt.step()
         bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.2f}")
-        if (step + 1) % every == 0 or step == 0:
-            log.info(f"step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
-                     + f" wall={timer.elapsed():.0f}s")
-        if (step + 1) % ck_every == 0 and acc.is_main_process:
-            save_checkpoint(ckpt_path, model=acc.unwrap_model(model), optimizer=opt, step=step + 1,
-                            sampler_state=sampler.state(), extra={"wall_s": timer.elapsed()})
+        after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
+                   ckpt_path=ckpt_path, model=model, optimizer=opt, sampler=sampler)
     bar.close()
     final_step = max(step + 1, int(cfg.get("steps", 0))) if steps > 0 else 0
-    logs["steps"] = final_step
-    logs["wall_s"] = round(timer.elapsed(), 1)
-    if acc.is_main_process:
-        net = acc.unwrap_model(model)
-        save_checkpoint(ckpt_path, model=net, optimizer=opt, step=final_step, sampler_state=sampler.state(),
-                        extra={"wall_s": timer.elapsed()})
-        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
-            export_weights(dst, model=net, model_config=net.config, train_config=cfg,
-                           extra_config={"architecture": "DegradationAwareEncoder"}, metrics={"train": logs})
-        log.info(f"done: {logs}")
-    return logs
+    return finish_run(final_step, logs, architecture="DegradationAwareEncoder", cfg=cfg, out_dir=out_dir,
+                      export=export, log=log, timer=timer, acc=acc, ckpt_path=ckpt_path,
+                      model=model, optimizer=opt, sampler=sampler)
