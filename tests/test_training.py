@@ -107,6 +107,42 @@ def test_restorer_optimal_gate_target(batch):
         restorer_losses(net, enc, batch, gate_target="always")
 
 
+def test_restorer_with_classical_prior_learns_and_trust_mask_works(batch):
+    """``prior=True``: the classical restoration enters as a second input; loss decreases; with the trust mask
+    saturated and no residual the output is ``x + g * (p - x)``, and the gate still closes on a clean input."""
+    from vlmir.models.restorer import classical_prior
+    from vlmir.training.train_restorer import prior_types
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64, prior=True)
+    losses = _fit(net, lambda: restorer_losses(net, enc, batch, crop=48, prior_true_p=1.0), steps=15)
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+    _, logs = restorer_losses(net, enc, batch, crop=48, prior_true_p=1.0)
+    assert "prior_gain" in logs and np.isfinite(logs["prior_gain"])
+    # the trust-mask path, exactly: zero the residual channels, saturate the mask
+    with torch.no_grad():
+        net.ending.weight.zero_()
+        net.ending.bias.zero_()
+        net.ending.bias[12:] = 50.0  # mask logits (4 sub-pixels) -> m = 1
+    x, p = batch["lq"][:2, :, :48, :48], batch["clean"][:2, :, :48, :48]
+    cond = torch.randn(2, 64)
+    out, gate = net(x, cond, p, return_gate=True)
+    assert torch.allclose(out, x + gate[:, None, None, None] * (p - x), atol=1e-5)
+    with pytest.raises(ValueError, match="prior"):
+        net(x, cond)
+    with pytest.raises(ValueError, match="prior"):
+        ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64)(x, cond, p)
+    # classical_prior: identity for clear/None, the classical method otherwise
+    pri = classical_prior(x, ["clear", "low-light"])
+    assert torch.equal(pri[0], x[0].clamp(0, 1))
+    assert pri[1].mean() > x[1].mean()  # low-light enhancement brightens
+    # prior types: p_true=1 picks a true type (prediction for clean samples), p_true=0 always the prediction
+    g = torch.Generator().manual_seed(0)
+    assert prior_types([["noisy"], [], ["hazy", "rainy"]], ["clear"] * 3, 1.0, g)[:2] == ["noisy", "clear"]
+    assert prior_types([["noisy"], ["hazy"]], ["rainy", "snowy"], 0.0, g) == ["rainy", "snowy"]
+
+
 def test_rater_soft_levels_and_loss_decreases(batch):
     t = soft_levels(torch.tensor([1.0, 3.0, 5.0]), smoothing=0.2)
     assert torch.allclose(t.sum(1), torch.ones(3))
@@ -117,6 +153,43 @@ def test_rater_soft_levels_and_loss_decreases(batch):
     head = VisibilityHead(feature_dim=2 * 32 + len(CLASS_NAMES) + enc.pooled_dim, dropout=0.0)
     losses = _fit(head, lambda: rater_losses(head, enc, batch), steps=20, lr=1e-2)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+
+
+def test_image_statistics_track_their_degradations():
+    """Each classical statistic moves the way its degradation pushes it, on a held-out photo."""
+    from vlmir.degradations import degrade
+    from vlmir.models.rater import N_IMAGE_STATS, image_statistics
+    from vlmir.training.data import heldout_image
+
+    img = heldout_image("coffee", 128)
+
+    def stats(a):
+        return image_statistics(torch.from_numpy(a.transpose(2, 0, 1).copy())[None])[0]
+
+    base = stats(img)
+    assert base.shape == (N_IMAGE_STATS,) and torch.isfinite(base).all()
+    idx = {"mean": 0, "dark": 5, "sat": 6, "sigma": 9, "block": 10, "black": 12}
+    assert stats(degrade(img, "noisy", 4, seed=0)[0])[idx["sigma"]] > base[idx["sigma"]] + 0.5  # log sigma
+    assert stats(degrade(img, "jpeg-compressed", 4, seed=0)[0])[idx["block"]] > base[idx["block"]] + 0.05
+    hazy = stats(degrade(img, "hazy", 4, seed=0)[0])
+    assert hazy[idx["dark"]] > base[idx["dark"]] + 0.1 and hazy[idx["sat"]] < base[idx["sat"]]
+    dark = stats(degrade(img, "low-light", 4, seed=0)[0])
+    assert dark[idx["mean"]] < 0.5 * base[idx["mean"]] and dark[idx["black"]] > base[idx["black"]]
+    with pytest.raises(ValueError, match="sides"):
+        image_statistics(torch.rand(1, 3, 8, 8))
+
+
+def test_rater_with_image_statistics_learns(batch):
+    from vlmir.models.rater import N_IMAGE_STATS
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    dim = 2 * 32 + len(CLASS_NAMES) + enc.pooled_dim + N_IMAGE_STATS
+    head = VisibilityHead(feature_dim=dim, dropout=0.0, image_stats=True)
+    losses = _fit(head, lambda: rater_losses(head, enc, batch), steps=20, lr=1e-2)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+    with pytest.raises(ValueError, match="image statistics"):
+        VisibilityHead(feature_dim=N_IMAGE_STATS, image_stats=True)
 
 
 def test_encoder_training_resumes_exactly(tmp_path):

@@ -36,9 +36,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vlmir.constants import DEGRADATIONS
 from vlmir.models.encoder import DegradationAwareEncoder
-from vlmir.models.rater import LEVELS_ASCENDING, VisibilityHead, rater_features
-from vlmir.models.restorer import ConditionalRestorer
+from vlmir.models.rater import LEVELS_ASCENDING, VisibilityHead, image_statistics, rater_features
+from vlmir.models.restorer import ConditionalRestorer, classical_prior
 from vlmir.registry import WEIGHTS_DIR, ModelSpec, register
 
 ENCODER_DIR = WEIGHTS_DIR / "embedded-encoder"
@@ -71,6 +72,7 @@ def _load(cls: type, path: str | Path | None, default_dir: Path, *, allow_random
     if weights.is_file() and config.is_file():
         cfg = json.loads(config.read_text())
         module = cls(**_ctor_kwargs(cls, cfg))
+        # float16-stored weights (``export_dtype``) are cast to the module's float32 by load_state_dict
         module.load_state_dict(load_file(str(weights)), strict=True)
         return module.to(device).eval(), False
     if not allow_random:
@@ -164,7 +166,11 @@ class EmbeddedRater(EmbeddedEncoderModel):
 
     @torch.no_grad()
     def rate(self, x: torch.Tensor) -> dict[str, Any]:
-        logits = self.head(rater_features(self.features(x)))
+        stats = None
+        if getattr(self.head, "image_stats", False):  # over the same views the encoder averages
+            v = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
+            stats = image_statistics(self.encoder.views(v)).mean(0, keepdim=True)
+        logits = self.head(rater_features(self.features(x), stats))
         p = logits.softmax(-1)[0]
         r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
         probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first
@@ -219,22 +225,28 @@ class EmbeddedRestorer:
     @torch.no_grad()
     def condition(self, x: torch.Tensor) -> torch.Tensor:
         """Conditioning (1, 2D): normalised view-averaged content and degradation embeddings of the whole image."""
-        f = self.encoder.embed(x)
-        return torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+        return self._condition(x)[0]
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        f = self.encoder.embed(x)
+        cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+        return cond, self.encoder.degradation_names[int(f["logits"].argmax(-1))]
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         m = self.net.multiple
         h, w = x.shape[-2:]
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             mode = "reflect" if h > ph and w > pw else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return self.net(x, cond)[..., :h, :w].clamp(0, 1)
+            prior = None if prior is None else F.pad(prior, (0, pw, 0, ph), mode=mode)
+        return self.net(x, cond, prior)[..., :h, :w].clamp(0, 1)
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor, *, steps: int | None = None, seed: int = 0, tile: int | None = None,
-                progress: Callable[[int, int], Any] | None = None) -> torch.Tensor:
+                progress: Callable[[int, int], Any] | None = None, degradation: str | None = None) -> torch.Tensor:
         """Restore ``x`` (1, 3, H, W) in [0, 1]; returns the same shape.
 
         Args:
@@ -242,18 +254,27 @@ class EmbeddedRestorer:
             tile: tile side in px (>= 64) with 32 px overlap and linear blending; default 512 above ~1 MP, else
                 the whole image in one pass.
             progress: optional ``progress(done, total)`` called after each tile.
+            degradation: for a restorer with a classical prior, the type whose classical method gives the prior
+                (one of the encoder's names); default the encoder's prediction. The conditioning is always the
+                encoder's own embedding of the image. Ignored by a restorer without a prior.
         """
         x = _check_image(x)
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 64):
             raise ValueError(f"tile must be an int >= 64 px or None, got {tile!r}")
         src_dtype, src_device = x.dtype, x.device
         x = x.to(self.device, torch.float32).clamp(0, 1)
-        cond = self.condition(x)
+        cond, predicted = self._condition(x)
+        prior = None
+        if getattr(self.net, "prior", False):
+            if degradation is not None and degradation not in self.encoder.degradation_names:
+                raise ValueError(f"unknown degradation {degradation!r}; valid: "
+                                 f"{', '.join(self.encoder.degradation_names)}")
+            prior = classical_prior(x, [degradation or predicted])
         h, w = x.shape[-2:]
         if tile is None and h * w > AUTO_TILE_PIXELS:
             tile = DEFAULT_TILE
         if tile is None or (h <= tile and w <= tile):
-            out = self._run(x, cond)
+            out = self._run(x, cond, prior)
             if progress is not None:
                 progress(1, 1)
             return out.to(src_device, src_dtype)
@@ -264,7 +285,8 @@ class EmbeddedRestorer:
         for y in ys:
             for x0 in xs:
                 th, tw = min(tile, h - y), min(tile, w - x0)
-                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond)
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond,
+                                  None if prior is None else prior[..., y : y + th, x0 : x0 + tw])
                 wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
                 wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
                 wgt = (wy[:, None] * wx[None, :])[None, None]
@@ -319,7 +341,7 @@ register(ModelSpec("embedded", "restorer", build_restorer, default=True, license
                    description="fast embedded restorer: NAFNet-style network conditioned on the embedded encoder "
                                "(one pass, CPU-fast)",
                    source="assets:weights/embedded-restorer/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
-                   available=_available, extra={"diffusion": False}))
+                   available=_available, extra={"diffusion": False, "degradations": DEGRADATIONS}))
 register(ModelSpec("embedded-rater", "rater", build_rater, default=True, license=_LICENSE,
                    description="visibility rater (WResVLM levels, r = sum i p_i) on the embedded encoder's features",
                    source="assets:weights/embedded-rater/model.safetensors;assets:weights/embedded-encoder/model.safetensors",

@@ -11,6 +11,12 @@ of every block's normalised input (instead of cross-attention), and a scalar *ga
 scales the predicted residual, ``y = x + g(e) * R(x, e)``, so a ``clear`` input can come back unchanged. The input
 is pixel-unshuffled by 2 first (work at half resolution), and the output residual is pixel-shuffled back.
 
+With ``prior=True`` the network also takes a *prior* restoration ``p`` of the same image (the embedded restorer
+passes the classical baseline's output for the type the encoder predicts, :func:`classical_prior`) and predicts a
+per-pixel trust mask ``m`` in (0, 1) beside the residual: ``y = x + g(e) * (m * (p - x) + R(x, p, e))``. The network
+learns where the prior helps and where it must be ignored (a wrong predicted type, a method that hurts); the gate
+still returns a ``clear`` input unchanged, whatever the prior did to it.
+
 Example::
 
     >>> net = ConditionalRestorer()
@@ -88,9 +94,11 @@ class ConditionalRestorer(nn.Module):
             concatenated: 2 x 128). Default 256.
         cond_hidden: hidden size of the conditioning MLP. Default 128.
         gate_init: initial value of the residual gate (before training). Default 0.5.
+        prior: take a prior restoration as a second input and predict a trust mask for it (module docstring).
+            Default False.
 
-    ``forward(x, cond)`` takes ``x`` (B, 3, H, W) in [0, 1] with H, W multiples of :attr:`multiple` and ``cond``
-    (B, cond_dim); it returns the restored image (B, 3, H, W) (not clamped while training; callers clamp).
+    ``forward(x, cond, prior=None)`` takes ``x`` (B, 3, H, W) in [0, 1] with H, W multiples of :attr:`multiple` and ``cond``
+    (B, cond_dim) (and ``prior`` (B, 3, H, W) when built with ``prior=True``); it returns the restored image (B, 3, H, W) (not clamped while training; callers clamp).
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class ConditionalRestorer(nn.Module):
         cond_dim: int = 256,
         cond_hidden: int = 128,
         gate_init: float = 0.5,
+        prior: bool = False,
     ) -> None:
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
@@ -119,14 +128,16 @@ class ConditionalRestorer(nn.Module):
             cond_dim=cond_dim,
             cond_hidden=cond_hidden,
             gate_init=gate_init,
+            prior=bool(prior),
         )
         self.cond_dim = cond_dim
+        self.prior = bool(prior)
         self.multiple = 2 * 2 ** len(enc_blocks)
         self.cond = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.GELU(), nn.Linear(cond_hidden, cond_hidden), nn.GELU())
         self.gate = nn.Linear(cond_hidden, 1)
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, float(torch.logit(torch.tensor(gate_init))))
-        self.intro = nn.Conv2d(12, width, 3, padding=1)
+        self.intro = nn.Conv2d(24 if self.prior else 12, width, 3, padding=1)
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
         c = width
@@ -141,20 +152,28 @@ class ConditionalRestorer(nn.Module):
             self.ups.append(nn.Sequential(nn.Conv2d(c, 2 * c, 1, bias=False), nn.PixelShuffle(2)))
             c //= 2
             self.decoders.append(nn.ModuleList(_NAFBlock(c, cond_hidden) for _ in range(n)))
-        self.ending = nn.Conv2d(width, 12, 3, padding=1)
+        self.ending = nn.Conv2d(width, 16 if self.prior else 12, 3, padding=1)  # (residual, trust mask) x 4
 
     def gate_value(self, cond: torch.Tensor) -> torch.Tensor:
         """The residual gate g(e) in (0, 1), shape (B,)."""
         return torch.sigmoid(self.gate(self.cond(cond))).squeeze(-1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, return_gate: bool = False):
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None = None,
+                return_gate: bool = False):
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"expected (B, 3, H, W) with H, W multiples of {self.multiple}, got {tuple(x.shape)}")
         if cond.shape != (x.shape[0], self.cond_dim):
             raise ValueError(f"expected cond of shape ({x.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
+        if self.prior:
+            if prior is None or prior.shape != x.shape:
+                got = None if prior is None else tuple(prior.shape)
+                raise ValueError(f"this restorer takes a prior restoration of shape {tuple(x.shape)}, got {got}")
+        elif prior is not None:
+            raise ValueError("this restorer was built without prior=True and takes no prior")
         h = self.cond(cond)  # (B, cond_hidden)
         gate = torch.sigmoid(self.gate(h))[..., None, None]  # (B, 1, 1, 1)
-        y = self.intro(F.pixel_unshuffle(x, 2))  # (B, width, H/2, W/2)
+        inp = torch.cat([x, prior], dim=1) if self.prior else x
+        y = self.intro(F.pixel_unshuffle(inp, 2))  # (B, width, H/2, W/2)
         skips = []
         for blocks, down in zip(self.encoders, self.downs, strict=True):
             for blk in blocks:
@@ -167,6 +186,26 @@ class ConditionalRestorer(nn.Module):
             y = up(y) + skip
             for blk in blocks:
                 y = blk(y, h)
-        residual = F.pixel_shuffle(self.ending(y), 2)  # (B, 3, H, W)
+        head = F.pixel_shuffle(self.ending(y), 2)  # (B, 3 or 4, H, W)
+        residual = head[:, :3]
+        if self.prior:
+            residual = residual + torch.sigmoid(head[:, 3:4]) * (prior - x)  # trust mask m on the prior
         out = x + gate * residual
         return (out, gate.flatten()) if return_gate else out
+
+
+def classical_prior(x: torch.Tensor, types: Sequence[str | Sequence[str] | None]) -> torch.Tensor:
+    """The classical baseline's restoration of each image of ``x`` (B, 3, H, W) in [0, 1] for its type in
+    ``types`` (a name, a list applied in order, or ``None``/``"clear"`` for the image itself), as (B, 3, H, W)."""
+    from vlmir.models.classical import restore_array
+
+    if len(types) != x.shape[0]:
+        raise ValueError(f"need one type per image: {x.shape[0]} images, {len(types)} types")
+    out = []
+    arr = x.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    for img, t in zip(arr, types, strict=True):
+        if t is None or t == "clear" or (not isinstance(t, str) and not t):
+            out.append(torch.from_numpy(img.copy()))
+        else:
+            out.append(torch.from_numpy(restore_array(img, t).astype("float32")))
+    return torch.stack(out).permute(0, 3, 1, 2).to(x.device, x.dtype)

@@ -111,13 +111,24 @@ def resume_from(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Op
     return step, float(state["extra"].get("wall_s", 0.0))
 
 
+_EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def export_weights(out_dir: Path, *, model: torch.nn.Module, model_config: dict, train_config: dict,
-                   metrics: dict | None = None, extra_config: dict | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (constructor args) + ``train_config.json`` (+ ``metrics.json``)."""
+                   metrics: dict | None = None, extra_config: dict | None = None,
+                   dtype: str = "float32") -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (constructor args) + ``train_config.json`` (+ ``metrics.json``).
+
+    ``dtype`` is the storage type of floating-point tensors (``float16`` halves the file; loaders cast back to
+    the module's float32); integer buffers keep their type.
+    """
     from safetensors.torch import save_file
 
+    if dtype not in _EXPORT_DTYPES:
+        raise ValueError(f"export dtype must be one of {sorted(_EXPORT_DTYPES)}, got {dtype!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", _EXPORT_DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"))
     cfg = dict(model_config)
     if extra_config:
@@ -174,6 +185,7 @@ def finish_run(final_step: int, logs: dict[str, Any], *, architecture: str, cfg:
                         extra={"wall_s": timer.elapsed()})
         for dst in [out_dir / "final"] + ([Path(export)] if export else []):
             export_weights(dst, model=net, model_config=net.config, train_config=cfg,
-                           extra_config={"architecture": architecture}, metrics={"train": logs})
+                           extra_config={"architecture": architecture}, metrics={"train": logs},
+                           dtype=str(cfg.get("export_dtype", "float32")))
         log.info(f"done: {logs}")
     return logs

@@ -8,6 +8,12 @@ target, the ``clear`` case). Loss: ``L1(restored, clean) + gate_weight * BCE(gat
 with ``"optimal"`` it is the per-image least-squares scale of the predicted residual,
 ``clip(<R, clean - lq> / |R|^2, 0, 1)`` (detached): 0 for clean inputs and wherever the residual does not help, so
 the gate learns to fall back to identity on degradations the network cannot yet undo.
+
+With ``model.prior: true`` the restorer also takes the classical baseline's restoration of the crop
+(:func:`vlmir.models.restorer.classical_prior`) for one type per sample: with probability ``prior_true_p`` a true
+type of the sample (so the network learns what a right prior is worth), otherwise the type the frozen encoder
+predicts from the crop (so it learns to ignore a wrong one, as happens at inference). Clean crops get the
+encoder's prediction too: a wrong prior on a clean crop must be gated off.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlmir.models.restorer import ConditionalRestorer
+from vlmir.models.restorer import ConditionalRestorer, classical_prior
 from vlmir.training.common import (
     Timer,
     after_step,
@@ -32,26 +38,55 @@ from vlmir.training.common import (
 from vlmir.training.data import DataConfig, PairSampler
 
 
-def condition(encoder: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+def condition(encoder: torch.nn.Module, lq: torch.Tensor, return_pred: bool = False):
     """Restorer conditioning (B, 2D) from the frozen encoder on crops ``lq`` (B, 3, S, S): normalised
-    ``[content, degradation]`` embeddings."""
+    ``[content, degradation]`` embeddings (and, with ``return_pred``, the predicted class names)."""
     with torch.no_grad():
         f = encoder.forward_features(lq)
-    return torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+        cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+        if not return_pred:
+            return cond
+        pred = encoder.degradation_logits(f["degradation"]).argmax(-1).tolist()
+    return cond, [encoder.degradation_names[i] for i in pred]
+
+
+def prior_types(true_types: list[list[str]], predicted: list[str], p_true: float,
+                generator: torch.Generator | None = None) -> list[str]:
+    """One prior type per sample: a random true type with probability ``p_true`` (``clear`` for clean samples
+    keeps the prediction), else the encoder's prediction."""
+    out = []
+    for t, pred in zip(true_types, predicted, strict=True):
+        u = torch.rand((), generator=generator).item()
+        if t and u < p_true:
+            out.append(t[int(torch.randint(len(t), (), generator=generator))])
+        else:
+            out.append(pred)
+    return out
 
 
 def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, gate_weight: float = 0.1,
-                    crop: int | None = None, gate_target: str = "degraded") -> tuple[torch.Tensor, dict[str, float]]:
+                    crop: int | None = None, gate_target: str = "degraded",
+                    prior_true_p: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss: the encoder sees the whole crop, the restorer a centred ``crop`` of it (or all);
-    ``gate_target`` is ``"degraded"`` or ``"optimal"`` (see the module docstring)."""
+    ``gate_target`` is ``"degraded"`` or ``"optimal"``; ``prior_true_p`` as in the module docstring (only for a
+    restorer built with ``prior=True``)."""
     if gate_target not in ("degraded", "optimal"):
         raise ValueError(f"gate_target must be 'degraded' or 'optimal', got {gate_target!r}")
     lq, clean = batch["lq"], batch["clean"]
-    cond = condition(encoder, lq)
+    net = model.module if hasattr(model, "module") else model
+    uses_prior = bool(getattr(net, "prior", False))
+    prior = None
+    if uses_prior:
+        cond, pred = condition(encoder, lq, return_pred=True)
+        prior = classical_prior(lq, prior_types(batch["types"], pred, prior_true_p))
+    else:
+        cond = condition(encoder, lq)
     if crop is not None and crop < lq.shape[-1]:
         o = (lq.shape[-1] - crop) // 2
         lq, clean = lq[..., o : o + crop, o : o + crop], clean[..., o : o + crop, o : o + crop]
-    out, gate = model(lq, cond, return_gate=True)
+        if prior is not None:
+            prior = prior[..., o : o + crop, o : o + crop]
+    out, gate = model(lq, cond, prior, return_gate=True)
     l1 = F.l1_loss(out, clean)
     if gate_target == "optimal":
         with torch.no_grad():
@@ -67,7 +102,12 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
         mse_out = (out.clamp(0, 1) - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
         deg = batch["severity"].to(lq.device) > 0  # PSNR gain over degraded crops only (clean ones have mse_in 0)
         gain = (10 * torch.log10(mse_in / mse_out))[deg].mean().item() if deg.any() else 0.0
-    return loss, {"loss": loss.item(), "l1": l1.item(), "gate_bce": lg.item(), "psnr_gain": gain}
+    logs = {"loss": loss.item(), "l1": l1.item(), "gate_bce": lg.item(), "psnr_gain": gain}
+    if prior is not None:
+        with torch.no_grad():
+            mse_p = (prior - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            logs["prior_gain"] = (10 * torch.log10(mse_in / mse_p))[deg].mean().item() if deg.any() else 0.0
+    return loss, logs
 
 
 def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
@@ -101,6 +141,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     restore_crop = cfg.get("restore_crop")
     gate_weight = float(cfg.get("gate_weight", 0.1))
     gate_target = str(cfg.get("gate_target", "degraded"))
+    prior_true_p = float(cfg.get("prior_true_p", 0.5))
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=model, optimizer=opt, sampler=sampler, log=log)
                    if resume else (0, 0.0))
@@ -118,7 +159,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         batch = sampler.sample(bs)
         batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, logs = restorer_losses(model, encoder, batch, gate_weight=gate_weight, crop=restore_crop,
-                                       gate_target=gate_target)
+                                       gate_target=gate_target, prior_true_p=prior_true_p)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
