@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlmir.models.rater import VisibilityHead, rater_features
+from vlmir.models.rater import N_IMAGE_STATS, VisibilityHead, image_statistics, rater_features
 from vlmir.training.common import (
     Timer,
     after_step,
@@ -43,8 +43,10 @@ def soft_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
 
 def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
                  score_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+    net = head.module if hasattr(head, "module") else head
     with torch.no_grad():
-        feats = rater_features(encoder(batch["lq"]))
+        stats = image_statistics(batch["lq"]) if net.image_stats else None
+        feats = rater_features(encoder(batch["lq"]), stats)
     logits = head(feats)
     r = batch["visibility"]
     ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
@@ -72,7 +74,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     encoder.eval().requires_grad_(False)
     model_cfg = dict(cfg.get("model", {}))
     model_cfg.setdefault("feature_dim", 2 * encoder.config["embed_dim"] + len(encoder.degradation_names)
-                         + encoder.pooled_dim)
+                         + encoder.pooled_dim + (N_IMAGE_STATS if model_cfg.get("image_stats") else 0))
     head = VisibilityHead(**model_cfg)
     steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))
