@@ -87,6 +87,32 @@ def test_restore_any_size_and_tiles_blend_exactly():
     assert torch.allclose(r.restore(tiny), tiny, atol=1e-5)
 
 
+def test_prior_restorer_follows_the_classical_method_of_the_given_type():
+    """A prior network whose output is exactly the prior (gate open, mask saturated, no residual) returns the
+    classical method of the given type, whole-image or tiled, and rejects an unknown type."""
+    from vlmir.models.classical import restore_array
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder().eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), prior=True).eval()
+    with torch.no_grad():
+        net.gate.bias.fill_(40.0)
+        net.ending.weight.zero_()
+        net.ending.bias.zero_()
+        net.ending.bias[12:] = 40.0
+    r = EmbeddedRestorer(enc, net, random_weights=True)
+    x = torch.rand(1, 3, 96, 128) * 0.3  # dark: the low-light method brightens it
+    want = torch.from_numpy(restore_array(x[0].permute(1, 2, 0).numpy(), "low-light")).permute(2, 0, 1)[None]
+    y = r.restore(x, degradation="low-light")
+    assert torch.allclose(y, want.clamp(0, 1), atol=1e-4)
+    assert y.mean() > x.mean() + 0.05
+    assert torch.allclose(r.restore(x, degradation="clear"), x, atol=1e-5)
+    tiled = r.restore(x, degradation="motion-blurry", tile=64)  # per-tile priors, blended
+    assert tiled.shape == x.shape and torch.isfinite(tiled).all()
+    with pytest.raises(ValueError, match="unknown degradation"):
+        r.restore(x, degradation="foggy")
+
+
 def test_auto_tiling_above_one_megapixel(monkeypatch):
     r = _identity_restorer()
     monkeypatch.setattr(embedded, "AUTO_TILE_PIXELS", 100 * 100)

@@ -234,7 +234,10 @@ class EmbeddedRestorer:
         return cond, self.encoder.degradation_names[int(f["logits"].argmax(-1))]
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior_type: str | None) -> torch.Tensor:
+        """One pass over ``x`` (a whole image or a tile); the classical prior (when the network takes one) is
+        computed from the same pixels, so a tiled restore never runs the classical method on the whole image."""
+        prior = classical_prior(x, [prior_type]) if prior_type is not None else None
         m = self.net.multiple
         h, w = x.shape[-2:]
         ph, pw = (-h) % m, (-w) % m
@@ -264,12 +267,12 @@ class EmbeddedRestorer:
         src_dtype, src_device = x.dtype, x.device
         x = x.to(self.device, torch.float32).clamp(0, 1)
         cond, predicted = self._condition(x)
-        prior = None
+        prior = None  # the type whose classical method gives the prior, for a network that takes one
         if getattr(self.net, "prior", False):
             if degradation is not None and degradation not in self.encoder.degradation_names:
                 raise ValueError(f"unknown degradation {degradation!r}; valid: "
                                  f"{', '.join(self.encoder.degradation_names)}")
-            prior = classical_prior(x, [degradation or predicted])
+            prior = degradation or predicted
         h, w = x.shape[-2:]
         if tile is None and h * w > AUTO_TILE_PIXELS:
             tile = DEFAULT_TILE
@@ -285,8 +288,7 @@ class EmbeddedRestorer:
         for y in ys:
             for x0 in xs:
                 th, tw = min(tile, h - y), min(tile, w - x0)
-                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond,
-                                  None if prior is None else prior[..., y : y + th, x0 : x0 + tw])
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior)
                 wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
                 wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
                 wgt = (wy[:, None] * wx[None, :])[None, None]

@@ -26,12 +26,23 @@ _WHAT = {
                  "A NAFNet-style U-Net (`vlmir/models/restorer.py`) on a pixel-unshuffled input, FiLM-conditioned "
                  "on the frozen embedded encoder's content and degradation embeddings, predicting a residual "
                  "scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e). One "
-                 "feed-forward pass (no diffusion); `steps`/`seed` are ignored."),
+                 "feed-forward pass (no diffusion); `steps`/`seed` are ignored."
+                 "{prior}"),
     "rater": ("embedded-rater",
               "A 2-layer MLP (`vlmir/models/rater.py`) on the frozen embedded encoder's features (normalised "
               "content and degradation embeddings, softmax over the names, pooled controller features) giving "
-              "probabilities over WResVLM's visibility levels excellent/good/fair/poor/bad and r = sum_i i p_i."),
+              "probabilities over WResVLM's visibility levels excellent/good/fair/poor/bad and r = sum_i i p_i."
+              "{stats}"),
 }
+
+_PRIOR = (" With a prior (`prior: true`, this model), the network also takes the classical baseline's restoration "
+          "p of the image for the type the encoder predicts (`vlmir/models/classical.py`) and a per-pixel trust "
+          "mask m it predicts: y = x + g(e) (m (p - x) + R(x, p, e)). It learns where the classical result helps "
+          "and where to ignore it (a wrong predicted type, a method that hurts); the gate still returns a clean "
+          "input unchanged.")
+_STATS = (" The head also takes 14 classical no-reference statistics of each crop (`image_statistics`: brightness "
+          "percentiles, dark channel, saturation, sharpness, noise estimate, JPEG blockiness, clipped and flat "
+          "areas), averaged over the same views as the encoder.")
 
 
 def _fmt(v: Any) -> str:
@@ -55,6 +66,14 @@ def _validation_md(kind: str, val: dict[str, Any]) -> list[str]:
                   f"{r['clean_psnr_min_db']:.1f} dB)", "",
                   "| type | PSNR in | PSNR out | gain |", "|---|---|---|---|"]
         lines += [f"| {t} | {v['psnr_in']:.2f} | {v['psnr_out']:.2f} | {v['gain']:+.2f} |" for t, v in r["per_type"].items()]
+    if kind == "restorer" and "restorer" in val and "classical_given_type" in val:
+        r, c = val["restorer"]["per_type"], val["classical_given_type"]["per_type"]
+        wins = sum(r[t]["gain"] > c[t]["gain"] for t in r)
+        lines += ["", f"Against the classical baseline given the true type (`--task classical`): mean gain "
+                  f"{val['restorer']['mean_gain_db']:+.2f} dB vs {val['classical_given_type']['mean_gain_db']:+.2f} dB; "
+                  f"above it on {wins} of {len(r)} types.", "",
+                  "| type | this model | classical (true type) |", "|---|---|---|"]
+        lines += [f"| {t} | {r[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
     if kind == "rater" and "rater" in val:
         q = val["rater"]
         lines += [f"- Spearman(severity, r) over clean + the ten types at severities 1-5 ({q['n_images']} images): "
@@ -75,6 +94,9 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     train = json.loads((d / "metrics.json").read_text()).get("train", {}) if (d / "metrics.json").is_file() else {}
     size_mb = (d / "model.safetensors").stat().st_size / 1e6
     title, what = _WHAT[kind]
+    model = cfg.get("model", {})
+    what = what.format(prior=_PRIOR if model.get("prior") else "", stats=_STATS if model.get("image_stats") else "")
+    dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [
         f"# {title}", "",
@@ -82,7 +104,7 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
         "general-purpose model.** It is a small default that runs offline in about a second; for real "
         "restoration use DA-CLIP or another pretrained model from the registry.", "",
         "## Model", "", what, "",
-        f"- weights: `model.safetensors` ({size_mb:.1f} MB, float32), constructor config: `config.json`, "
+        f"- weights: `model.safetensors` ({size_mb:.1f} MB, {dtype}), constructor config: `config.json`, "
         "training config: `train_config.json`",
         "- licence: Apache-2.0 (our code and training); training photos from scikit-image, scikit-learn and "
         "matplotlib sample data (see their licences)", "",

@@ -76,16 +76,20 @@ def eval_classifier(classify: Callable[[torch.Tensor], dict[str, float]], *, pho
     }
 
 
-def eval_restorer(restore: Callable[[torch.Tensor], torch.Tensor], *, photos: Sequence[str] = HELDOUT_PHOTOS,
+def eval_restorer(restore: Callable[..., torch.Tensor], *, photos: Sequence[str] = HELDOUT_PHOTOS,
                   severities: Sequence[int] = (2, 3), seeds: Sequence[int] = (0,),
-                  short_side: int = 256) -> dict[str, Any]:
-    """PSNR before/after ``restore`` per type; PSNR of restored clean photos to themselves."""
+                  short_side: int = 256, given_type: bool = False) -> dict[str, Any]:
+    """PSNR before/after ``restore`` per type; PSNR of restored clean photos to themselves.
+
+    ``given_type``: call ``restore(x, degradation)`` with the true type (``clear`` for the clean photos), as for
+    the classical baseline "given the true type"; otherwise ``restore(x)`` (blind).
+    """
     rows: dict[str, list[tuple[float, float]]] = {t: [] for t in DEGRADATIONS}
     times = []
     for _, t, _, _, clean, lq in _cases(photos, severities, seeds, short_side):
         c, x = _tensor(clean), _tensor(lq)
         t0 = time.perf_counter()
-        y = restore(x)
+        y = restore(x, t) if given_type else restore(x)
         times.append(time.perf_counter() - t0)
         rows[t].append((psnr(x, c), psnr(y, c)))
     per_type = {}
@@ -96,7 +100,7 @@ def eval_restorer(restore: Callable[[torch.Tensor], torch.Tensor], *, photos: Se
     clean_psnr = []
     for p in photos:
         c = _tensor(heldout_image(p, short_side))
-        clean_psnr.append(psnr(restore(c), c))
+        clean_psnr.append(psnr(restore(c, CLEAR) if given_type else restore(c), c))
     gains = [v["gain"] for v in per_type.values()]
     return {
         "mean_gain_db": float(np.mean(gains)),
@@ -146,7 +150,9 @@ def eval_rater(rate: Callable[[torch.Tensor], dict], *, photos: Sequence[str] = 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vlmir.training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=("classifier", "restorer", "rater", "all"), default="all")
+    ap.add_argument("--task", choices=("classifier", "restorer", "rater", "classical", "all"), default="all",
+                    help="'classical': the classical baseline given the true type (the restorer's comparison "
+                         "point; included in 'all')")
     ap.add_argument("--encoder", default=None, help="encoder weights folder (default assets/weights/embedded-encoder)")
     ap.add_argument("--restorer", default=None, help="restorer weights folder")
     ap.add_argument("--rater", default=None, help="rater weights folder")
@@ -163,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.task in ("restorer", "all"):
         metrics["restorer"] = eval_restorer(build_restorer(path=args.restorer, encoder_path=args.encoder).restore)
         print(json.dumps({"restorer": metrics["restorer"]}))
+    if args.task in ("classical", "all"):
+        from vlmir.models.classical import ClassicalRestorer
+
+        classical = ClassicalRestorer()
+        metrics["classical_given_type"] = eval_restorer(
+            lambda x, t: classical.restore(x, degradation=t), given_type=True)
+        print(json.dumps({"classical_given_type": metrics["classical_given_type"]}))
     if args.task in ("rater", "all"):
         metrics["rater"] = eval_rater(build_rater(path=args.rater, encoder_path=args.encoder).rate)
         print(json.dumps({"rater": metrics["rater"]}))
