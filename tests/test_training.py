@@ -179,6 +179,26 @@ def test_image_statistics_track_their_degradations():
         image_statistics(torch.rand(1, 3, 8, 8))
 
 
+def test_encoder_with_image_statistics(batch):
+    """``image_stats=True``: zero-initialised, so the degradation embedding starts as the plain controller's; the
+    statistics branch learns (its last layer gets gradients) and ``embed`` averages the stats over the views."""
+    torch.manual_seed(0)
+    plain = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    torch.manual_seed(0)
+    withs = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True).eval()
+    withs.load_state_dict(plain.state_dict(), strict=False)
+    x = batch["lq"][:3]
+    a, b = plain.forward_features(x), withs.forward_features(x)
+    assert torch.allclose(a["degradation"], b["degradation"], atol=1e-6) and b["stats"].shape == (3, 14)
+    withs.train()
+    loss, _ = encoder_losses(withs, batch)
+    loss.backward()
+    assert withs.stats_proj[-1].weight.grad.abs().sum() > 0
+    withs.eval()
+    e = withs.embed(torch.rand(1, 3, 100, 150))
+    assert e["stats"].shape == (1, 14) and e["logits"].shape == (1, len(CLASS_NAMES))
+
+
 def test_rater_with_image_statistics_learns(batch):
     from vlmir.models.rater import N_IMAGE_STATS
 

@@ -166,11 +166,15 @@ class EmbeddedRater(EmbeddedEncoderModel):
 
     @torch.no_grad()
     def rate(self, x: torch.Tensor) -> dict[str, Any]:
+        f = self.features(x)
         stats = None
         if getattr(self.head, "image_stats", False):  # over the same views the encoder averages
-            v = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
-            stats = image_statistics(self.encoder.views(v)).mean(0, keepdim=True)
-        logits = self.head(rater_features(self.features(x), stats))
+            if "stats" in f:
+                stats = f["stats"]
+            else:
+                v = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
+                stats = image_statistics(self.encoder.views(v)).mean(0, keepdim=True)
+        logits = self.head(rater_features(f, stats))
         p = logits.softmax(-1)[0]
         r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
         probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first

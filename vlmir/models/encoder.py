@@ -17,6 +17,11 @@ Deviations, all forced by "no pretrained weights, two CPU cores":
   zero-initialised linear layers after each transformer block).
 - With no captions, the content target is the content embedding of the clean image (same encoder), as the task
   allows ("caption/clean-image embedding").
+- Optional (``image_stats=True``): the degradation embedding also receives an MLP projection of
+  :func:`vlmir.models.image_stats.image_statistics` (zero-initialised last layer, so training starts from the
+  plain controller). A from-scratch controller trained for minutes on a CPU learns large cues first and never
+  finds JPEG blocking; classical statistics give it those cues from the first step. The embedding is still
+  matched to the names' text embeddings by cosine, as in DA-CLIP.
 - Images of any size are embedded by averaging the embeddings of up to ``max_views`` 128 px crops taken at native
   resolution (degradation cues such as noise and JPEG blocks do not survive downscaling).
 
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmir.constants import CLEAR, DEGRADATIONS
+from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
 
 # DA-CLIP's ten degradation names (its dataset folders), plus ``clear`` for undegraded inputs.
 DEGRADATION_NAMES: tuple[str, ...] = (*DEGRADATIONS, CLEAR)
@@ -63,6 +69,8 @@ class DegradationAwareEncoder(nn.Module):
         degradation_names: class names, encoded by the text tower for classification. Default
             :data:`DEGRADATION_NAMES` (DA-CLIP's ten plus ``clear``).
         init_logit_scale: initial log temperature of both contrastive losses (CLIP: ``log(1 / 0.07)``).
+        image_stats: add a projection of classical image statistics to the degradation embedding (module
+            docstring). Default False.
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class DegradationAwareEncoder(nn.Module):
         context_length: int = 16,
         degradation_names: Sequence[str] = DEGRADATION_NAMES,
         init_logit_scale: float = math.log(1 / 0.07),
+        image_stats: bool = False,
     ) -> None:
         super().__init__()
         from open_clip.model import CLIP
@@ -102,8 +111,10 @@ class DegradationAwareEncoder(nn.Module):
             context_length=context_length,
             degradation_names=list(degradation_names),
             init_logit_scale=init_logit_scale,
+            image_stats=bool(image_stats),
         )
         self.image_size = image_size
+        self.image_stats = bool(image_stats)
         self.degradation_names = tuple(degradation_names)
         vision_cfg = dict(layers=list(vision_layers), width=vision_width, head_width=vision_head_width, image_size=image_size)
         text_cfg = dict(context_length=context_length, width=text_width, heads=text_heads, layers=text_layers)
@@ -122,6 +133,12 @@ class DegradationAwareEncoder(nn.Module):
         for conv in self.zero_convs:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+        if self.image_stats:
+            # per-statistic standardisation (running batch statistics), then an MLP into the embedding space
+            self.stats_proj = nn.Sequential(nn.BatchNorm1d(N_IMAGE_STATS, affine=False), nn.Linear(N_IMAGE_STATS, 64),
+                                            nn.GELU(), nn.Linear(64, embed_dim))
+            nn.init.zeros_(self.stats_proj[-1].weight)
+            nn.init.zeros_(self.stats_proj[-1].bias)
         self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("name_tokens", self.tokenize(self.degradation_names), persistent=False)
@@ -142,10 +159,12 @@ class DegradationAwareEncoder(nn.Module):
         """Run both towers on crops ``x`` (B, 3, S, S) in [0, 1], S = ``image_size``.
 
         Returns a dict of unnormalised ``content`` (B, D) and ``degradation`` (B, D) embeddings and ``pooled``
-        (B, :attr:`pooled_dim`) globally pooled controller statistics (severity cues for the rater).
+        (B, :attr:`pooled_dim`) globally pooled controller statistics (severity cues for the rater), and with
+        ``image_stats`` the crops' ``stats`` (B, N_IMAGE_STATS).
         """
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"expected crops (B, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+        stats = image_statistics(x) if self.image_stats else None
         x = (x - self.mean) / self.std
         visual, ctrl = self.clip.visual, self.controller
         h, c = visual.stem(x), ctrl.stem(x)
@@ -155,7 +174,11 @@ class DegradationAwareEncoder(nn.Module):
             h = getattr(visual, name)(h) + self.zero_convs[i](c)  # DA-CLIP: encoder hidden state + zero-layer(control)
             stages.append(c)
         pooled = torch.cat([s.mean((2, 3)) for s in stages] + [s.std((2, 3)) for s in stages], dim=1)
-        return {"content": visual.attnpool(h), "degradation": ctrl.attnpool(c), "pooled": pooled}
+        out = {"content": visual.attnpool(h), "degradation": ctrl.attnpool(c), "pooled": pooled}
+        if stats is not None:
+            out["degradation"] = out["degradation"] + self.stats_proj(stats)
+            out["stats"] = stats
+        return out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`forward_features` plus ``logits`` (B, K) over the names, ``name_embeddings`` (K, D) and
@@ -223,9 +246,12 @@ class DegradationAwareEncoder(nn.Module):
         (unnormalised), ``pooled`` (1, P) and ``logits`` (1, K) over :attr:`degradation_names`."""
         f = self.forward_features(self.views(x, max_views))
         logits = self.degradation_logits(f["degradation"]).mean(0, keepdim=True)
-        return {
+        out = {
             "content": f["content"].mean(0, keepdim=True),
             "degradation": f["degradation"].mean(0, keepdim=True),
             "pooled": f["pooled"].mean(0, keepdim=True),
             "logits": logits,
         }
+        if "stats" in f:
+            out["stats"] = f["stats"].mean(0, keepdim=True)
+        return out

@@ -45,8 +45,9 @@ def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *
                  score_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
     net = head.module if hasattr(head, "module") else head
     with torch.no_grad():
-        stats = image_statistics(batch["lq"]) if net.image_stats else None
-        feats = rater_features(encoder(batch["lq"]), stats)
+        f = encoder(batch["lq"])
+        stats = (f["stats"] if "stats" in f else image_statistics(batch["lq"])) if net.image_stats else None
+        feats = rater_features(f, stats)
     logits = head(feats)
     r = batch["visibility"]
     ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
