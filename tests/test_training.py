@@ -212,6 +212,22 @@ def test_rater_with_image_statistics_learns(batch):
         VisibilityHead(feature_dim=N_IMAGE_STATS, image_stats=True)
 
 
+def test_rater_rank_loss_orders_clean_above_degraded(batch):
+    """``rank_weight``: the hinge is zero once the clean crop outscores its degraded crop by the margin, and
+    training on it alone drives it down."""
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    head = VisibilityHead(feature_dim=2 * 32 + len(CLASS_NAMES) + enc.pooled_dim, dropout=0.0)
+    _, logs0 = rater_losses(head, enc, batch, rank_weight=1.0)
+    assert logs0["rank"] > 0
+    losses = _fit(head, lambda: rater_losses(head, enc, batch, smoothing=0.2, score_weight=0.0, rank_weight=5.0),
+                  steps=25, lr=1e-2)
+    _, logs = rater_losses(head, enc, batch, rank_weight=1.0)
+    assert logs["rank"] < 0.5 * logs0["rank"], (logs0, logs, losses[-3:])
+    _, plain = rater_losses(head, enc, batch)
+    assert "rank" not in plain
+
+
 def test_encoder_training_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 

@@ -4,6 +4,11 @@ Targets are the degradation engine's WResVLM-style visibility scores r in 1..5 (
 gives r = 5 - min(c, 4)). Loss: cross-entropy against a label-smoothed distribution centred on r (mass
 ``1 - smoothing`` on r, the rest on its neighbours) plus ``score_weight * (sum_i i p_i - r)^2`` so the expected
 score itself tracks r.
+
+With ``rank_weight > 0`` the head also scores each sample's clean crop (target 5, the same window undegraded) and
+a pairwise hinge ``rank_weight * relu(margin * (5 - r) - (score_clean - score_lq))`` asks the clean crop to score
+above its degraded version by a margin that grows with the severity: WResVLM's use of the rating is to compare
+versions of one scene, and this is that comparison.
 """
 
 from __future__ import annotations
@@ -41,20 +46,32 @@ def soft_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
     return t / t.sum(1, keepdim=True)
 
 
-def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
-                 score_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
-    net = head.module if hasattr(head, "module") else head
+def _features(net: torch.nn.Module, encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        f = encoder(batch["lq"])
-        stats = (f["stats"] if "stats" in f else image_statistics(batch["lq"])) if net.image_stats else None
-        feats = rater_features(f, stats)
-    logits = head(feats)
+        f = encoder(x)
+        stats = (f["stats"] if "stats" in f else image_statistics(x)) if net.image_stats else None
+        return rater_features(f, stats)
+
+
+def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
+                 score_weight: float = 0.1, rank_weight: float = 0.0,
+                 rank_margin: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
+    net = head.module if hasattr(head, "module") else head
+    logits = head(_features(net, encoder, batch["lq"]))
     r = batch["visibility"]
     ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
     score = VisibilityHead.score(logits)
     mse = (score - r).pow(2).mean()
     loss = ce + score_weight * mse
-    return loss, {"loss": loss.item(), "ce": ce.item(), "score_mae": (score - r).abs().mean().item()}
+    logs = {"score_mae": (score - r).abs().mean().item()}
+    if rank_weight > 0:
+        score_clean = VisibilityHead.score(head(_features(net, encoder, batch["clean"])))
+        deg = r < 5
+        hinge = F.relu(rank_margin * (5 - r) - (score_clean - score))[deg]
+        rank = hinge.mean() if deg.any() else score.sum() * 0.0
+        loss = loss + rank_weight * rank
+        logs["rank"] = rank.item()
+    return loss, {"loss": loss.item(), "ce": ce.item(), **logs}
 
 
 def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
@@ -84,6 +101,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     data_cfg.setdefault("crop", encoder.image_size)
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
+    rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=head, optimizer=opt, sampler=sampler, log=log)
                    if resume else (0, 0.0))
@@ -100,7 +118,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
             g["lr"] = cosine_lr(step, steps, lr, warmup)
         batch = sampler.sample(bs)
         batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss, logs = rater_losses(head, encoder, batch, smoothing=smoothing, score_weight=score_weight)
+        loss, logs = rater_losses(head, encoder, batch, smoothing=smoothing, score_weight=score_weight,
+                                  rank_weight=rank_weight, rank_margin=rank_margin)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
