@@ -7,7 +7,8 @@ Registers (each the default of its task, all offline, all CPU-fast):
 - ``embedded-classifier`` (classifier): softmax over the degradation names of ``scale * cos(degradation embedding,
   name text embeddings)``, the encoder's weights.
 - ``embedded`` (restorer): :class:`~vlmir.models.restorer.ConditionalRestorer` conditioned on the encoder's
-  embeddings; ``assets/weights/embedded-restorer``. Any size: padded to the network multiple, tiled with overlap
+  embeddings and, for a network built with ``prior=True`` (the shipped one), refining the classical method's output
+  for the type the encoder predicts (or the ``degradation=`` given); ``assets/weights/embedded-restorer``. Any size: padded to the network multiple, tiled with overlap
   and linear blending above ~1 MP (``tile=`` px).
 - ``embedded-rater`` (rater): :class:`~vlmir.models.rater.VisibilityHead` on the encoder's features, WResVLM's
   ``r = sum_i i p_i``; ``assets/weights/embedded-rater``.
@@ -344,8 +345,8 @@ register(ModelSpec("embedded-classifier", "classifier", build_classifier, defaul
                                "to the names' text embeddings (10 DA-CLIP types + clear)",
                    source="assets:weights/embedded-encoder/model.safetensors", available=_available))
 register(ModelSpec("embedded", "restorer", build_restorer, default=True, license=_LICENSE,
-                   description="fast embedded restorer: NAFNet-style network conditioned on the embedded encoder "
-                               "(one pass, CPU-fast)",
+                   description="fast embedded restorer: NAFNet-style network conditioned on the embedded encoder, "
+                               "refining the classical method of the predicted type (one pass, CPU-fast)",
                    source="assets:weights/embedded-restorer/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
                    available=_available, extra={"diffusion": False, "degradations": DEGRADATIONS}))
 register(ModelSpec("embedded-rater", "rater", build_rater, default=True, license=_LICENSE,

@@ -73,7 +73,15 @@ def _validation_md(kind: str, val: dict[str, Any]) -> list[str]:
                   f"{val['restorer']['mean_gain_db']:+.2f} dB vs {val['classical_given_type']['mean_gain_db']:+.2f} dB; "
                   f"above it on {wins} of {len(r)} types.", "",
                   "| type | this model | classical (true type) |", "|---|---|---|"]
-        lines += [f"| {t} | {r[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
+        if "restorer_given_type" in val:
+            g = val["restorer_given_type"]["per_type"]
+            lines[-1] = "|---|---|---|---|"
+            lines[-2] = "| type | this model (blind) | this model given the true type | classical (true type) |"
+            lines += [f"| {t} | {r[t]['gain']:+.2f} | {g[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
+            lines += ["", f"Given the true type (the prior from that type's classical method; `restore(x, "
+                      f"degradation=...)`), the mean gain is {val['restorer_given_type']['mean_gain_db']:+.2f} dB."]
+        else:
+            lines += [f"| {t} | {r[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
     if kind == "rater" and "rater" in val:
         q = val["rater"]
         lines += [f"- Spearman(severity, r) over clean + the ten types at severities 1-5 ({q['n_images']} images): "

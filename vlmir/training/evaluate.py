@@ -167,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics["classifier"] = eval_classifier(build_classifier(path=args.encoder).classify)
         print(json.dumps({"classifier": {k: v for k, v in metrics["classifier"].items() if k != "confusion"}}))
     if args.task in ("restorer", "all"):
-        metrics["restorer"] = eval_restorer(build_restorer(path=args.restorer, encoder_path=args.encoder).restore)
+        restorer = build_restorer(path=args.restorer, encoder_path=args.encoder)
+        metrics["restorer"] = eval_restorer(restorer.restore)
         print(json.dumps({"restorer": metrics["restorer"]}))
+        if getattr(restorer.net, "prior", False):  # the same network with the true type's classical prior
+            metrics["restorer_given_type"] = eval_restorer(
+                lambda x, t: restorer.restore(x, degradation=t), given_type=True)
+            print(json.dumps({"restorer_given_type": metrics["restorer_given_type"]}))
     if args.task in ("classical", "all"):
         from vlmir.models.classical import ClassicalRestorer
 
