@@ -183,11 +183,11 @@ def test_shipped_restorer_improves_psnr_and_keeps_clean():
     assert r.random_weights is False
     img = _chelsea()
     clean = _t(img)
-    # the types the shipped model restores (its card lists the ones it does not: noisy, jpeg, raindrop, shadowed)
-    for t, min_gain in (("hazy", 1.0), ("low-light", 5.0), ("rainy", 1.0)):
+    # the types the shipped model restores well (its card lists the near-zero ones: blur, jpeg, raindrop, shadowed)
+    for t, min_gain in (("hazy", 4.0), ("low-light", 8.0), ("noisy", 3.0), ("rainy", 3.0), ("uncompleted", 8.0)):
         lq = _t(degrade(img, t, 3, seed=0)[0])
         assert _psnr(r.restore(lq), clean) > _psnr(lq, clean) + min_gain, t
-    assert _psnr(r.restore(clean), clean) > 30.0
+    assert _psnr(r.restore(clean), clean) > 35.0  # the bar for leaving clean inputs alone
 
 
 @needs_rater
