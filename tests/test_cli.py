@@ -140,3 +140,27 @@ def test_describe_refuses_a_rater_without_descriptions(images, capsys):
     paths, _ = images
     rc = main(["describe", paths[0], "--rater", "test-brightness-rater"])
     assert rc == 1 and "cannot describe" in capsys.readouterr().err
+
+
+def test_restore_with_the_shipped_embedded_model_and_a_given_type(tmp_path):
+    """``--type`` picks the classical prior of the shipped embedded restorer; the output differs from the blind
+    run's when the given type differs from the predicted one, and an unknown type is refused with the valid ones."""
+    from vlmir.degradations import degrade
+    from vlmir.io import load_image, save_image, to_numpy
+
+    weights = ROOT / "assets" / "weights" / "embedded-restorer" / "model.safetensors"
+    if not weights.is_file():
+        pytest.skip("shipped embedded restorer not in assets/weights")
+    from skimage import data
+
+    img = data.astronaut()[::4, ::4].astype(np.float32) / 255  # 128 x 128
+    src = tmp_path / "dark.png"
+    save_image(degrade(img, "low-light", 3, seed=0)[0], src)
+    assert main(["restore", str(src), "--out-dir", str(tmp_path / "a"), "--model", "embedded"]) == 0
+    assert main(["restore", str(src), "--out-dir", str(tmp_path / "b"), "--model", "embedded",
+                 "--type", "motion-blurry"]) == 0
+    a, b = (to_numpy(load_image(tmp_path / d / "dark.png")) for d in ("a", "b"))
+    assert a.shape == b.shape == img.shape
+    assert a.mean() > to_numpy(load_image(src)).mean() + 0.1  # blind: recognised as low light and brightened
+    assert np.abs(a - b).mean() > 0.01
+    assert main(["restore", str(src), "--out-dir", str(tmp_path / "c"), "--model", "embedded", "--type", "foggy"]) != 0
