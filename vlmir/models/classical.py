@@ -61,15 +61,14 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from vlmir.constants import CLEAR
-from vlmir.constants import DEGRADATIONS as _DACLIP_DEGRADATIONS
+from vlmir.constants import DEGRADATIONS_AND_CLEAR
 from vlmir.registry import ModelSpec, register
 
 if TYPE_CHECKING:
     import torch
 
 # DA-CLIP's ten degradation names plus ``clear`` (identity), in DA-CLIP's order.
-DEGRADATIONS: tuple[str, ...] = (*_DACLIP_DEGRADATIONS, CLEAR)
+DEGRADATIONS: tuple[str, ...] = DEGRADATIONS_AND_CLEAR
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmir.constants import CLEAR, DEGRADATIONS
+from vlmir.constants import DEGRADATIONS_AND_CLEAR
 from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
 
 # DA-CLIP's ten degradation names (its dataset folders), plus ``clear`` for undegraded inputs.
-DEGRADATION_NAMES: tuple[str, ...] = (*DEGRADATIONS, CLEAR)
+DEGRADATION_NAMES: tuple[str, ...] = DEGRADATIONS_AND_CLEAR
 
 # open_clip's CLIP normalisation (OPENAI_DATASET_MEAN / STD).
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -23,10 +23,10 @@ import cv2
 import numpy as np
 import torch
 
-from vlmir.degradations import DEGRADATIONS, degrade, sample_degradation
+from vlmir.constants import CLEAR, DEGRADATIONS_AND_CLEAR
+from vlmir.degradations import degrade, sample_degradation
 
-CLEAR = "clear"
-CLASS_NAMES: tuple[str, ...] = (*DEGRADATIONS, CLEAR)
+CLASS_NAMES: tuple[str, ...] = DEGRADATIONS_AND_CLEAR
 
 # photo name -> (package, file); "held-out" photos are never used for training
 TRAIN_PHOTOS: tuple[str, ...] = (
