@@ -7,9 +7,9 @@ Registers (each the default of its task, all offline, all CPU-fast):
 - ``embedded-classifier`` (classifier): softmax over the degradation names of ``scale * cos(degradation embedding,
   name text embeddings)``, the encoder's weights.
 - ``embedded`` (restorer): :class:`~vlmir.models.restorer.ConditionalRestorer` conditioned on the encoder's
-  embeddings and, for a network built with ``prior=True`` (the shipped one), refining the classical method's output
-  for the type the encoder predicts (or the ``degradation=`` given); ``assets/weights/embedded-restorer``. Any size: padded to the network multiple, tiled with overlap
-  and linear blending above ~1 MP (``tile=`` px).
+  embeddings and, for a network built with ``prior=True`` (the shipped one), refining the classical method's
+  output for the type the encoder predicts (or the ``degradation=`` given); ``assets/weights/embedded-restorer``.
+  Any size: padded to the network multiple, tiled with overlap and linear blending above ~1 MP (``tile=`` px).
 - ``embedded-rater`` (rater): :class:`~vlmir.models.rater.VisibilityHead` on the encoder's features, WResVLM's
   ``r = sum_i i p_i``; ``assets/weights/embedded-rater``.
 
@@ -272,17 +272,17 @@ class EmbeddedRestorer:
         src_dtype, src_device = x.dtype, x.device
         x = x.to(self.device, torch.float32).clamp(0, 1)
         cond, predicted = self._condition(x)
-        prior = None  # the type whose classical method gives the prior, for a network that takes one
-        if getattr(self.net, "prior", False):
+        prior_type = None  # the type whose classical method gives the prior, for a network that takes one
+        if self.net.prior:
             if degradation is not None and degradation not in self.encoder.degradation_names:
                 raise ValueError(f"unknown degradation {degradation!r}; valid: "
                                  f"{', '.join(self.encoder.degradation_names)}")
-            prior = degradation or predicted
+            prior_type = degradation or predicted
         h, w = x.shape[-2:]
         if tile is None and h * w > AUTO_TILE_PIXELS:
             tile = DEFAULT_TILE
         if tile is None or (h <= tile and w <= tile):
-            out = self._run(x, cond, prior)
+            out = self._run(x, cond, prior_type)
             if progress is not None:
                 progress(1, 1)
             return out.to(src_device, src_dtype)
@@ -293,7 +293,7 @@ class EmbeddedRestorer:
         for y in ys:
             for x0 in xs:
                 th, tw = min(tile, h - y), min(tile, w - x0)
-                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior)
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior_type)
                 wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
                 wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
                 wgt = (wy[:, None] * wx[None, :])[None, None]

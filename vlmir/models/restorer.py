@@ -97,8 +97,9 @@ class ConditionalRestorer(nn.Module):
         prior: take a prior restoration as a second input and predict a trust mask for it (module docstring).
             Default False.
 
-    ``forward(x, cond, prior=None)`` takes ``x`` (B, 3, H, W) in [0, 1] with H, W multiples of :attr:`multiple` and ``cond``
-    (B, cond_dim) (and ``prior`` (B, 3, H, W) when built with ``prior=True``); it returns the restored image (B, 3, H, W) (not clamped while training; callers clamp).
+    ``forward(x, cond, prior=None)`` takes ``x`` (B, 3, H, W) in [0, 1] with H, W multiples of :attr:`multiple`,
+    ``cond`` (B, cond_dim) and, when built with ``prior=True``, ``prior`` (B, 3, H, W); it returns the restored
+    image (B, 3, H, W) (not clamped while training; callers clamp).
     """
 
     def __init__(
@@ -196,7 +197,8 @@ class ConditionalRestorer(nn.Module):
 
 def classical_prior(x: torch.Tensor, types: Sequence[str | Sequence[str] | None]) -> torch.Tensor:
     """The classical baseline's restoration of each image of ``x`` (B, 3, H, W) in [0, 1] for its type in
-    ``types`` (a name, a list applied in order, or ``None``/``"clear"`` for the image itself), as (B, 3, H, W)."""
+    ``types`` (a name, a list applied in order, or ``None`` for the image itself; the classical ``clear`` method
+    is the identity too), as (B, 3, H, W)."""
     from vlmir.models.classical import restore_array
 
     if len(types) != x.shape[0]:
@@ -204,8 +206,5 @@ def classical_prior(x: torch.Tensor, types: Sequence[str | Sequence[str] | None]
     out = []
     arr = x.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     for img, t in zip(arr, types, strict=True):
-        if t is None or t == "clear" or (not isinstance(t, str) and not t):
-            out.append(torch.from_numpy(img.copy()))
-        else:
-            out.append(torch.from_numpy(restore_array(img, t).astype("float32")))
+        out.append(torch.from_numpy(restore_array(img, t).astype("float32", copy=False) if t else img.copy()))
     return torch.stack(out).permute(0, 3, 1, 2).to(x.device, x.dtype)
