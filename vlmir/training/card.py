@@ -69,19 +69,19 @@ def _validation_md(kind: str, val: dict[str, Any]) -> list[str]:
     if kind == "restorer" and "restorer" in val and "classical_given_type" in val:
         r, c = val["restorer"]["per_type"], val["classical_given_type"]["per_type"]
         wins = sum(r[t]["gain"] > c[t]["gain"] for t in r)
+        given = val.get("restorer_given_type")  # the prior restorer given the true type, when measured
+        columns = {"this model (blind)" if given else "this model": r}
+        if given:
+            columns["this model given the true type"] = given["per_type"]
+        columns["classical (true type)"] = c
         lines += ["", f"Against the classical baseline given the true type (`--task classical`): mean gain "
                   f"{val['restorer']['mean_gain_db']:+.2f} dB vs {val['classical_given_type']['mean_gain_db']:+.2f} dB; "
                   f"above it on {wins} of {len(r)} types.", "",
-                  "| type | this model | classical (true type) |", "|---|---|---|"]
-        if "restorer_given_type" in val:
-            g = val["restorer_given_type"]["per_type"]
-            lines[-1] = "|---|---|---|---|"
-            lines[-2] = "| type | this model (blind) | this model given the true type | classical (true type) |"
-            lines += [f"| {t} | {r[t]['gain']:+.2f} | {g[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
+                  "| type | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += ["| " + " | ".join([t] + [f"{col[t]['gain']:+.2f}" for col in columns.values()]) + " |" for t in r]
+        if given:
             lines += ["", f"Given the true type (the prior from that type's classical method; `restore(x, "
-                      f"degradation=...)`), the mean gain is {val['restorer_given_type']['mean_gain_db']:+.2f} dB."]
-        else:
-            lines += [f"| {t} | {r[t]['gain']:+.2f} | {c[t]['gain']:+.2f} |" for t in r]
+                      f"degradation=...)`), the mean gain is {given['mean_gain_db']:+.2f} dB."]
     if kind == "rater" and "rater" in val:
         q = val["rater"]
         lines += [f"- Spearman(severity, r) over clean + the ten types at severities 1-5 ({q['n_images']} images): "
