@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vlmir.models.encoder import DegradationAwareEncoder
+from vlmir.models.image_stats import N_BASIC_STATS, N_IMAGE_STATS
 from vlmir.models.rater import VisibilityHead
 from vlmir.models.restorer import ConditionalRestorer
 from vlmir.training.common import load_config
@@ -179,24 +180,57 @@ def test_image_statistics_track_their_degradations():
         image_statistics(torch.rand(1, 3, 8, 8))
 
 
+def test_structure_statistics_track_their_degradations():
+    """The structure statistics (after the basic ones) move the way their degradations push them, on held-out
+    photos: more small bright structures under snow and rain, fewer and softer edges under motion blur, white flat
+    holes when uncompleted, darker regions turning bluer under a cast shadow."""
+    from vlmir.degradations import degrade
+    from vlmir.models.image_stats import N_BASIC_STATS, N_STRUCTURE_STATS, structure_statistics
+    from vlmir.training.data import heldout_image
+
+    idx = {"log_top": 0, "softness": 9, "chroma_corr": 11, "white_flat": 12}
+    for photo in ("coffee", "chelsea"):
+        img = heldout_image(photo, 192)
+
+        def stats(a):
+            return structure_statistics(torch.from_numpy(a.transpose(2, 0, 1).copy())[None])[0]
+
+        base = stats(img)
+        assert base.shape == (N_STRUCTURE_STATS,) and torch.isfinite(base).all()
+        for weather in ("snowy", "rainy"):
+            assert stats(degrade(img, weather, 3, seed=0)[0])[idx["log_top"]] > base[idx["log_top"]] + 0.3, weather
+        blur = stats(degrade(img, "motion-blurry", 3, seed=0)[0])
+        assert blur[idx["softness"]] > base[idx["softness"]] + 0.2 and blur[idx["log_top"]] < base[idx["log_top"]] - 0.5
+        assert stats(degrade(img, "uncompleted", 3, seed=0)[0])[idx["white_flat"]] > base[idx["white_flat"]] + 0.05
+        assert stats(degrade(img, "shadowed", 4, seed=0)[0])[idx["chroma_corr"]] < base[idx["chroma_corr"]] - 0.02
+    flat = structure_statistics(torch.full((2, 3, 32, 32), 0.5))
+    assert torch.isfinite(flat).all(), "a constant image must give finite statistics"
+    assert N_BASIC_STATS + N_STRUCTURE_STATS == N_IMAGE_STATS
+
+
 def test_encoder_with_image_statistics(batch):
     """``image_stats=True``: zero-initialised, so the degradation embedding starts as the plain controller's; the
     statistics branch learns (its last layer gets gradients) and ``embed`` averages the stats over the views."""
     torch.manual_seed(0)
     plain = DegradationAwareEncoder(**TINY_ENCODER).eval()
     torch.manual_seed(0)
-    withs = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True).eval()
+    withs = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True, stats_set="full").eval()
     withs.load_state_dict(plain.state_dict(), strict=False)
     x = batch["lq"][:3]
     a, b = plain.forward_features(x), withs.forward_features(x)
-    assert torch.allclose(a["degradation"], b["degradation"], atol=1e-6) and b["stats"].shape == (3, 14)
+    assert torch.allclose(a["degradation"], b["degradation"], atol=1e-6) and b["stats"].shape == (3, N_IMAGE_STATS)
     withs.train()
     loss, _ = encoder_losses(withs, batch)
     loss.backward()
     assert withs.stats_proj[-1].weight.grad.abs().sum() > 0
     withs.eval()
     e = withs.embed(torch.rand(1, 3, 100, 150))
-    assert e["stats"].shape == (1, 14) and e["logits"].shape == (1, len(CLASS_NAMES))
+    assert e["stats"].shape == (1, N_IMAGE_STATS) and e["logits"].shape == (1, len(CLASS_NAMES))
+    basic = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True).eval()  # the default set
+    assert basic.n_stats == N_BASIC_STATS and basic.forward_features(x)["stats"].shape == (3, N_BASIC_STATS)
+    assert torch.equal(basic.forward_features(x)["stats"], b["stats"][:, :N_BASIC_STATS])
+    with pytest.raises(ValueError, match="stats_set"):
+        DegradationAwareEncoder(**TINY_ENCODER, image_stats=True, stats_set="many")
 
 
 def test_rater_with_image_statistics_learns(batch):
@@ -244,6 +278,36 @@ def test_encoder_training_resumes_exactly(tmp_path):
     assert max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa) < 1e-5
     cfg = json.loads((tmp_path / "a" / "final" / "config.json").read_text())
     assert cfg["embed_dim"] == 32 and cfg["architecture"] == "DegradationAwareEncoder"
+
+
+def test_encoder_statistics_fine_tune_keeps_the_towers(tmp_path):
+    """``init_from`` + ``init_skip`` + ``train_only``: a basic-statistics encoder gets a fresh full statistics
+    branch; after training, every tower tensor (weights and batch-norm running statistics) is unchanged, so the
+    content embedding is the same, and the branch has learnt (no longer zero)."""
+    from safetensors.torch import load_file
+
+    from vlmir.training.train_encoder import train
+
+    base_cfg = _encoder_cfg(2)
+    base_cfg["model"] = {**base_cfg["model"], "image_stats": True, "stats_set": "basic"}
+    train(base_cfg, tmp_path / "base", progress=False)
+    cfg = _encoder_cfg(3)
+    cfg["model"] = {**cfg["model"], "image_stats": True, "stats_set": "full"}
+    cfg.update(init_from=str(tmp_path / "base" / "final"), init_skip=["stats_proj"], train_only=["stats_proj"],
+               loss={"content_weight": 0.0})
+    train(cfg, tmp_path / "tuned", progress=False)
+    a = load_file(str(tmp_path / "base" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "tuned" / "final" / "model.safetensors"))
+    towers = [k for k in b if not k.startswith("stats_proj")]
+    assert towers and all(torch.equal(a[k], b[k]) for k in towers)
+    assert b["stats_proj.1.weight"].shape[1] == N_IMAGE_STATS and b["stats_proj.3.weight"].abs().sum() > 0
+    log = (tmp_path / "tuned" / "train.log").read_text()
+    assert "initialised from" in log and "training only stats_proj" in log
+    bad = dict(cfg, init_skip=[])
+    with pytest.raises(ValueError, match="shapes differ"):
+        train(bad, tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(dict(cfg, train_only=["nothing"]), tmp_path / "bad2", progress=False)
 
 
 def test_train_command_restorer_and_rater(tmp_path):

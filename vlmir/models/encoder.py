@@ -43,7 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmir.constants import DEGRADATIONS_AND_CLEAR
-from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
+from vlmir.models.image_stats import N_BASIC_STATS, N_IMAGE_STATS, basic_statistics, image_statistics
+
+# statistics sets of the ``image_stats`` branch: name -> (function, count)
+STATS_SETS = {"basic": (basic_statistics, N_BASIC_STATS), "full": (image_statistics, N_IMAGE_STATS)}
 
 # DA-CLIP's ten degradation names (its dataset folders), plus ``clear`` for undegraded inputs.
 DEGRADATION_NAMES: tuple[str, ...] = DEGRADATIONS_AND_CLEAR
@@ -71,6 +74,9 @@ class DegradationAwareEncoder(nn.Module):
         init_logit_scale: initial log temperature of both contrastive losses (CLIP: ``log(1 / 0.07)``).
         image_stats: add a projection of classical image statistics to the degradation embedding (module
             docstring). Default False.
+        stats_set: which statistics: ``"basic"`` (the first 14, :func:`~vlmir.models.image_stats.basic_statistics`;
+            the default, so configs saved before the structure statistics existed load unchanged) or ``"full"``
+            (all of :func:`~vlmir.models.image_stats.image_statistics`; the shipped encoder).
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class DegradationAwareEncoder(nn.Module):
         degradation_names: Sequence[str] = DEGRADATION_NAMES,
         init_logit_scale: float = math.log(1 / 0.07),
         image_stats: bool = False,
+        stats_set: str = "basic",
     ) -> None:
         super().__init__()
         from open_clip.model import CLIP
@@ -97,6 +104,8 @@ class DegradationAwareEncoder(nn.Module):
             raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
         if len(vision_layers) != 4:
             raise ValueError(f"vision_layers must list 4 stages, got {list(vision_layers)}")
+        if stats_set not in STATS_SETS:
+            raise ValueError(f"stats_set must be one of {sorted(STATS_SETS)}, got {stats_set!r}")
         if len(set(degradation_names)) != len(degradation_names) or len(degradation_names) < 2:
             raise ValueError(f"degradation_names must be at least two distinct names, got {list(degradation_names)}")
         self.config = dict(
@@ -112,9 +121,12 @@ class DegradationAwareEncoder(nn.Module):
             degradation_names=list(degradation_names),
             init_logit_scale=init_logit_scale,
             image_stats=bool(image_stats),
+            stats_set=stats_set,
         )
         self.image_size = image_size
         self.image_stats = bool(image_stats)
+        self._stats_fn, n_stats = STATS_SETS[stats_set]
+        self.n_stats = n_stats if self.image_stats else 0
         self.degradation_names = tuple(degradation_names)
         vision_cfg = dict(layers=list(vision_layers), width=vision_width, head_width=vision_head_width, image_size=image_size)
         text_cfg = dict(context_length=context_length, width=text_width, heads=text_heads, layers=text_layers)
@@ -135,7 +147,7 @@ class DegradationAwareEncoder(nn.Module):
             nn.init.zeros_(conv.bias)
         if self.image_stats:
             # per-statistic standardisation (running batch statistics), then an MLP into the embedding space
-            self.stats_proj = nn.Sequential(nn.BatchNorm1d(N_IMAGE_STATS, affine=False), nn.Linear(N_IMAGE_STATS, 64),
+            self.stats_proj = nn.Sequential(nn.BatchNorm1d(n_stats, affine=False), nn.Linear(n_stats, 64),
                                             nn.GELU(), nn.Linear(64, embed_dim))
             nn.init.zeros_(self.stats_proj[-1].weight)
             nn.init.zeros_(self.stats_proj[-1].bias)
@@ -160,11 +172,11 @@ class DegradationAwareEncoder(nn.Module):
 
         Returns a dict of unnormalised ``content`` (B, D) and ``degradation`` (B, D) embeddings and ``pooled``
         (B, :attr:`pooled_dim`) globally pooled controller statistics (severity cues for the rater), and with
-        ``image_stats`` the crops' ``stats`` (B, N_IMAGE_STATS).
+        ``image_stats`` the crops' ``stats`` (B, :attr:`n_stats`).
         """
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"expected crops (B, 3, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
-        stats = image_statistics(x) if self.image_stats else None
+        stats = self._stats_fn(x) if self.image_stats else None
         x = (x - self.mean) / self.std
         visual, ctrl = self.clip.visual, self.controller
         h, c = visual.stem(x), ctrl.stem(x)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlmir.models.image_stats import N_BASIC_STATS, N_IMAGE_STATS
 from vlmir.training.data import HELDOUT_PHOTOS, TRAIN_PHOTOS
 
 _WHAT = {
@@ -21,7 +22,7 @@ _WHAT = {
                 "the content tower through zero-initialised 1x1 convs; its attention pool is the degradation "
                 "embedding) + a 2-layer open_clip text tower over the degradation names. Classification = "
                 "softmax(s * cos(degradation embedding, text embedding of each name)) over DA-CLIP's ten names "
-                "plus `clear`, with s the learned CLIP temperature, averaged over up to nine 128 px crops."),
+                "plus `clear`, with s the learned CLIP temperature, averaged over up to nine 128 px crops.{stats}"),
     "restorer": ("embedded (restorer)",
                  "A NAFNet-style U-Net (`vlmir/models/restorer.py`) on a pixel-unshuffled input, FiLM-conditioned "
                  "on the frozen embedded encoder's content and degradation embeddings, predicting a residual "
@@ -40,9 +41,17 @@ _PRIOR = (" With a prior (`prior: true`, this model), the network also takes the
           "mask m it predicts: y = x + g(e) (m (p - x) + R(x, p, e)). It learns where the classical result helps "
           "and where to ignore it (a wrong predicted type, a method that hurts); the gate still returns a clean "
           "input unchanged.")
-_STATS = (" The head also takes 14 classical no-reference statistics of each crop (`image_statistics`: brightness "
-          "percentiles, dark channel, saturation, sharpness, noise estimate, JPEG blockiness, clipped and flat "
-          "areas), averaged over the same views as the encoder.")
+_STATS_LIST = (f"{N_IMAGE_STATS} classical no-reference statistics (`vlmir/models/image_stats.py`): "
+               f"{N_BASIC_STATS} basic ones (brightness percentiles, dark channel, saturation, sharpness, noise "
+               "estimate, JPEG blockiness, clipped and flat areas) and "
+               f"{N_IMAGE_STATS - N_BASIC_STATS} structure ones (small bright and dark structures, streak "
+               "coherence, high-pass skew and kurtosis, large dark regions, edge softness, detail-free patches, "
+               "chromaticity-brightness coupling, white flat holes)")
+_STATS = {
+    "encoder": (" The degradation embedding also receives a zero-initialised MLP projection of {stats_list}, "
+                "computed on each crop."),
+    "rater": " The head also takes the encoder's {stats_list}, averaged over the same views as the encoder.",
+}
 
 
 def _fmt(v: Any) -> str:
@@ -103,7 +112,8 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     size_mb = (d / "model.safetensors").stat().st_size / 1e6
     title, what = _WHAT[kind]
     model = cfg.get("model", {})
-    what = what.format(prior=_PRIOR if model.get("prior") else "", stats=_STATS if model.get("image_stats") else "")
+    stats = _STATS.get(kind, "").format(stats_list=_STATS_LIST) if model.get("image_stats") else ""
+    what = what.format(prior=_PRIOR if model.get("prior") else "", stats=stats)
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [

@@ -93,6 +93,63 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def init_from(model: torch.nn.Module, cfg: dict[str, Any], log: logging.Logger) -> None:
+    """Start ``model`` from earlier weights: ``cfg["init_from"]`` (a folder with ``model.safetensors``, or the file).
+
+    Parameters whose names start with one of ``cfg["init_skip"]`` keep their fresh initialisation (a branch whose
+    shape changed, or one to learn anew); every other tensor must be in the file with the same shape.
+    Nothing happens without ``init_from``. Used to fine-tune a shipped model, e.g. a new statistics branch on a
+    trained encoder, or a restorer on a changed encoder.
+    """
+    src = cfg.get("init_from")
+    if not src:
+        return
+    from safetensors.torch import load_file
+
+    path = Path(src)
+    path = path / "model.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    skip = tuple(cfg.get("init_skip", ()))
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
+    own = model.state_dict()
+    bad = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    if bad:
+        raise ValueError(f"init_from {path}: shapes differ for {bad[:5]}; list their prefixes in init_skip")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(skip)]
+    if missing or unexpected:
+        raise ValueError(f"init_from {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info(f"initialised from {path} ({len(state)} tensors; fresh: {', '.join(skip) or 'none'})")
+
+
+def freeze_except(model: torch.nn.Module, prefixes: Any, log: logging.Logger) -> None:
+    """Train only the parameters whose names start with one of ``prefixes`` (all when empty or None)."""
+    if not prefixes:
+        return
+    prefixes = tuple(prefixes)
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        n += p.numel() if p.requires_grad else 0
+    if n == 0:
+        raise ValueError(f"train_only {list(prefixes)} matches no parameter")
+    log.info(f"training only {', '.join(prefixes)} ({n} parameters)")
+
+
+def train_mode(model: torch.nn.Module, prefixes: Any = None) -> None:
+    """``model.train()``, except that with ``prefixes`` (``train_only``) only those submodules train: frozen parts
+    stay in eval mode so their batch-norm running statistics do not drift."""
+    if not prefixes:
+        model.train()
+        return
+    model.eval()
+    prefixes = tuple(prefixes)
+    for name, module in model.named_modules():
+        if name and name.startswith(prefixes):
+            module.train()
+
+
 def resume_from(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: Any,
                 log: logging.Logger) -> tuple[int, float]:
     """Restore model, optimiser, data sampler and torch RNG from ``path`` when it exists (an exact resume).

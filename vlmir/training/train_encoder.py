@@ -13,6 +13,11 @@ degradation loss. A separation term ``L_sep = mean_{i != j} cos(t_i, t_j)^2`` ov
 larger learning rate for the text tower (``text_lr_mult``) fix that.
 
 ``loss = degradation_weight * L_degra + content_weight * L_content + text_sep_weight * L_sep``.
+
+Fine-tuning (``init_from``, ``init_skip``, ``train_only``: :func:`vlmir.training.common.init_from`): the shipped
+encoder's statistics branch is trained on top of frozen towers with ``train_only: ["stats_proj"]`` and
+``content_weight: 0``. The towers, and so the content embedding, stay exactly as they were; only the degradation
+embedding changes.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from vlmir.training.common import (
     after_step,
     cosine_lr,
     finish_run,
+    freeze_except,
+    init_from,
     make_accelerator,
     resume_from,
     setup_logger,
+    train_mode,
 )
 from vlmir.training.data import CLASS_NAMES, DataConfig, PairSampler
 
@@ -46,13 +54,16 @@ def encoder_losses(model: torch.nn.Module, batch: dict, *, content_weight: float
     sim = names @ names.t()
     loss_sep = (sim - torch.eye(k, device=sim.device)).pow(2).sum() / (k * (k - 1))
     loss_deg = torch.sum(-batch["target"] * F.log_softmax(f["logits"], dim=1), dim=1).mean()
-    with torch.no_grad():
-        target_content = F.normalize(model(batch["clean"])["content"], dim=-1)
-    content = F.normalize(f["content"], dim=-1)
     scale = f["logit_scale"]
-    logits = scale * content @ target_content.t()  # (B, B): LQ content vs clean content
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    loss_con = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    if content_weight > 0:
+        with torch.no_grad():
+            target_content = F.normalize(model(batch["clean"])["content"], dim=-1)
+        content = F.normalize(f["content"], dim=-1)
+        logits = scale * content @ target_content.t()  # (B, B): LQ content vs clean content
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        loss_con = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    else:  # frozen towers (fine-tuning the statistics branch): the content loss is constant, skip its forward
+        loss_con = torch.zeros((), device=scale.device)
     loss = degradation_weight * loss_deg + content_weight * loss_con + text_sep_weight * loss_sep
     single = batch["target"].max(1).values > 0.99
     acc = (f["logits"].argmax(1) == batch["target"].argmax(1))[single].float().mean().item() if single.any() else 0.0
@@ -69,6 +80,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, text_lr_mult: floa
     ``text_lr_mult``."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         text = name.startswith(_TEXT_PREFIXES)
         decay = p.ndim >= 2 and "embedding" not in name
         groups.setdefault((text, decay), []).append(p)
@@ -95,6 +108,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     if tuple(model_cfg["degradation_names"]) != CLASS_NAMES:
         raise ValueError(f"model.degradation_names must be the training classes {list(CLASS_NAMES)}")
     model = DegradationAwareEncoder(**model_cfg)
+    init_from(model, cfg, log)
+    freeze_except(model, cfg.get("train_only"), log)
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 50))
     opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05)),
@@ -109,7 +124,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     timer = Timer(spent)
     logs: dict[str, Any] = {}
     every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
-    model.train()
+    train_mode(acc.unwrap_model(model), cfg.get("train_only"))
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="encoder", disable=not progress)
     for step in bar:
         for g in opt.param_groups:

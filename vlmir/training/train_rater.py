@@ -92,7 +92,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     encoder.eval().requires_grad_(False)
     model_cfg = dict(cfg.get("model", {}))
     model_cfg.setdefault("feature_dim", 2 * encoder.config["embed_dim"] + len(encoder.degradation_names)
-                         + encoder.pooled_dim + (N_IMAGE_STATS if model_cfg.get("image_stats") else 0))
+                         + encoder.pooled_dim
+                         + ((encoder.n_stats or N_IMAGE_STATS) if model_cfg.get("image_stats") else 0))
     head = VisibilityHead(**model_cfg)
     steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))

@@ -31,6 +31,7 @@ from vlmir.training.common import (
     after_step,
     cosine_lr,
     finish_run,
+    init_from,
     make_accelerator,
     resume_from,
     setup_logger,
@@ -124,6 +125,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     model_cfg = dict(cfg.get("model", {}))
     model_cfg.setdefault("cond_dim", 2 * encoder.config["embed_dim"])
     model = ConditionalRestorer(**model_cfg)
+    init_from(model, cfg, log)  # e.g. fine-tune the shipped restorer on a changed encoder
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 16))
     lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
