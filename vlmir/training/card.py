@@ -41,12 +41,20 @@ _PRIOR = (" With a prior (`prior: true`, this model), the network also takes the
           "mask m it predicts: y = x + g(e) (m (p - x) + R(x, p, e)). It learns where the classical result helps "
           "and where to ignore it (a wrong predicted type, a method that hurts); the gate still returns a clean "
           "input unchanged.")
-_STATS_LIST = (f"{N_IMAGE_STATS} classical no-reference statistics (`vlmir/models/image_stats.py`): "
-               f"{N_BASIC_STATS} basic ones (brightness percentiles, dark channel, saturation, sharpness, noise "
-               "estimate, JPEG blockiness, clipped and flat areas) and "
-               f"{N_IMAGE_STATS - N_BASIC_STATS} structure ones (small bright and dark structures, streak "
-               "coherence, high-pass skew and kurtosis, large dark regions, edge softness, detail-free patches, "
-               "chromaticity-brightness coupling, white flat holes)")
+_BASIC_LIST = ("brightness percentiles, dark channel, saturation, sharpness, noise estimate, JPEG blockiness, "
+               "clipped and flat areas")
+_STRUCTURE_LIST = ("small bright and dark structures, streak coherence, high-pass skew and kurtosis, large dark "
+                   "regions, edge softness, detail-free patches, chromaticity-brightness coupling, white flat holes")
+
+
+def _stats_list(stats_set: str) -> str:
+    """What the statistics of ``stats_set`` (``DegradationAwareEncoder(stats_set=...)``) are, for the cards."""
+    if stats_set == "basic":
+        return f"{N_BASIC_STATS} classical no-reference statistics (`vlmir/models/image_stats.py`: {_BASIC_LIST})"
+    return (f"{N_IMAGE_STATS} classical no-reference statistics (`vlmir/models/image_stats.py`): {N_BASIC_STATS} "
+            f"basic ones ({_BASIC_LIST}) and {N_IMAGE_STATS - N_BASIC_STATS} structure ones ({_STRUCTURE_LIST})")
+
+
 _STATS = {
     "encoder": (" The degradation embedding also receives a zero-initialised MLP projection of {stats_list}, "
                 "computed on each crop."),
@@ -112,7 +120,12 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     size_mb = (d / "model.safetensors").stat().st_size / 1e6
     title, what = _WHAT[kind]
     model = cfg.get("model", {})
-    stats = _STATS.get(kind, "").format(stats_list=_STATS_LIST) if model.get("image_stats") else ""
+    stats_set = model.get("stats_set", "basic")
+    if kind == "rater" and cfg.get("encoder"):  # the head takes whatever set its encoder computes
+        enc_cfg = Path(cfg["encoder"]) / "config.json"
+        if enc_cfg.is_file():
+            stats_set = json.loads(enc_cfg.read_text()).get("stats_set", "basic")
+    stats = _STATS.get(kind, "").format(stats_list=_stats_list(stats_set)) if model.get("image_stats") else ""
     what = what.format(prior=_PRIOR if model.get("prior") else "", stats=stats)
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
