@@ -9,11 +9,17 @@ With ``rank_weight > 0`` the head also scores each sample's clean crop (target 5
 a pairwise hinge ``rank_weight * relu(margin * (5 - r) - (score_clean - score_lq))`` asks the clean crop to score
 above its degraded version by a margin that grows with the severity: WResVLM's use of the rating is to compare
 versions of one scene, and this is that comparison.
+
+With ``feature_bank: N`` the frozen encoder's features of N samples (degraded and clean crops) are computed once
+(from their own sampler, seed + 3000, so a resumed run rebuilds the same bank) and every step draws its batch
+from them. The encoder and the degradation engine dominate a step's cost, so the head then sees many more
+updates in the same time; the bank is a fixed sample of the same distribution (N distinct crops).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +59,31 @@ def _features(net: torch.nn.Module, encoder: torch.nn.Module, x: torch.Tensor) -
         return rater_features(f, stats)
 
 
+def feature_bank(head: VisibilityHead, encoder: torch.nn.Module, sampler: PairSampler, n: int, batch_size: int,
+                 device: Any, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Features of ``n`` samples: ``features`` and ``features_clean`` (n, F) and ``visibility`` (n,)."""
+    from tqdm.auto import tqdm
+
+    feats, clean, vis = [], [], []
+    for start in tqdm(range(0, n, batch_size), desc="feature bank", disable=not progress):
+        b = sampler.sample(min(batch_size, n - start))
+        feats.append(_features(head, encoder, b["lq"].to(device)))
+        clean.append(_features(head, encoder, b["clean"].to(device)))
+        vis.append(b["visibility"].to(device))
+    return {"features": torch.cat(feats), "features_clean": torch.cat(clean), "visibility": torch.cat(vis)}
+
+
 def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
                  score_weight: float = 0.1, rank_weight: float = 0.0,
                  rank_margin: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss on one batch: images (``lq``, ``clean``) or, from a :func:`feature_bank`, their ``features``."""
     net = head.module if hasattr(head, "module") else head
-    logits = head(_features(net, encoder, batch["lq"]))
+
+    def features(key: str) -> torch.Tensor:
+        return batch[f"features{'' if key == 'lq' else '_clean'}"] if "features" in batch else \
+            _features(net, encoder, batch[key])
+
+    logits = head(features("lq"))
     r = batch["visibility"]
     ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
     score = VisibilityHead.score(logits)
@@ -65,7 +91,7 @@ def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *
     loss = ce + score_weight * mse
     logs = {"score_mae": (score - r).abs().mean().item()}
     if rank_weight > 0:
-        score_clean = VisibilityHead.score(head(_features(net, encoder, batch["clean"])))
+        score_clean = VisibilityHead.score(head(features("clean")))
         deg = r < 5
         hinge = F.relu(rank_margin * (5 - r) - (score_clean - score))[deg]
         rank = hinge.mean() if deg.any() else score.sum() * 0.0
@@ -103,6 +129,13 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
     rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
+    bank = None
+    if int(cfg.get("feature_bank", 0)) > 0:
+        n_bank = int(cfg["feature_bank"])
+        bank_sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 3000 + acc.process_index)
+        t0 = time.perf_counter()
+        bank = feature_bank(head, encoder.to(acc.device), bank_sampler, n_bank, 64, acc.device, progress)
+        log.info(f"feature bank: {n_bank} samples in {time.perf_counter() - t0:.0f} s")
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=head, optimizer=opt, sampler=sampler, log=log)
                    if resume else (0, 0.0))
@@ -117,8 +150,12 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr, warmup)
-        batch = sampler.sample(bs)
-        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if bank is not None:
+            idx = torch.randint(0, bank["visibility"].shape[0], (bs,))
+            batch = {k: v[idx.to(v.device)] for k, v in bank.items()}
+        else:
+            batch = sampler.sample(bs)
+            batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, logs = rater_losses(head, encoder, batch, smoothing=smoothing, score_weight=score_weight,
                                   rank_weight=rank_weight, rank_margin=rank_margin)
         opt.zero_grad(set_to_none=True)
