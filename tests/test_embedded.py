@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from vlmir.constants import DEGRADATIONS
+
 from vlmir.models import embedded
 from vlmir.models.embedded import EmbeddedRestorer, build_classifier, build_rater, build_restorer
 from vlmir.models.encoder import DEGRADATION_NAMES, DegradationAwareEncoder
@@ -169,10 +171,13 @@ def test_shipped_classifier_on_heldout_photo():
         clf = create_model("embedded-classifier")
     assert clf.random_weights is False
     img = _chelsea()
-    for t in ("hazy", "low-light", "noisy"):
-        lq, _ = degrade(img, t, 3, seed=0)
-        probs = clf.classify(_t(lq))
-        assert max(probs, key=probs.get) == t, (t, sorted(probs.items(), key=lambda kv: -kv[1])[:3])
+    hits = {}
+    for t in DEGRADATIONS:
+        probs = clf.classify(_t(degrade(img, t, 3, seed=0)[0]))
+        hits[t] = max(probs, key=probs.get)
+    for t in ("hazy", "low-light", "noisy", "rainy", "snowy", "uncompleted"):  # 100% on the held-out protocol
+        assert hits[t] == t, hits
+    assert sum(hits[t] == t for t in DEGRADATIONS) >= 9, hits  # the shipped encoder gets all ten on this photo
 
 
 @needs_restorer
@@ -201,6 +206,6 @@ def test_shipped_rater_orders_clean_above_severe():
     assert set(clean) == {"score", "vlm_vis", "probs"}
     assert list(clean["probs"]) == ["excellent", "good", "fair", "poor", "bad"]
     assert abs(clean["vlm_vis"] - (clean["score"] - 1) / 4) < 1e-6
-    for t in ("hazy", "noisy", "snowy"):
+    for t in DEGRADATIONS:  # the card: clean above severity 4 in 100% of held-out (photo, type) pairs
         bad = rater.rate(_t(degrade(img, t, 4, seed=0)[0]))
         assert clean["score"] > bad["score"], t
