@@ -26,14 +26,16 @@ N_IMAGE_STATS = N_BASIC_STATS + N_STRUCTURE_STATS
 def image_statistics(x: torch.Tensor) -> torch.Tensor:
     """Classical no-reference statistics (B, :data:`N_IMAGE_STATS`) of images ``x`` (B, 3, H, W) in [0, 1]:
     :func:`basic_statistics` then :func:`structure_statistics`."""
-    _check(x)
-    x = x.float().clamp(0, 1)
     return torch.cat([basic_statistics(x), structure_statistics(x)], dim=1)
 
 
 def _check(x: torch.Tensor) -> None:
     if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 16:
         raise ValueError(f"expected images (B, 3, H, W) with sides >= 16, got {tuple(x.shape)}")
+
+
+def _laplacian_kernel(device: torch.device) -> torch.Tensor:
+    return torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=device).view(1, 1, 3, 3)
 
 
 def _luminance(x: torch.Tensor) -> torch.Tensor:
@@ -55,11 +57,10 @@ def basic_statistics(x: torch.Tensor) -> torch.Tensor:
     lum = _luminance(x)
     flat = lum.flatten(1)
     q = torch.quantile(flat, torch.tensor([0.01, 0.5, 0.99], device=x.device), dim=1).t()  # (B, 3)
-    dark = -F.max_pool2d(-x.amin(1, keepdim=True), 7, stride=1, padding=3)
+    dark = _erode(x.amin(1, keepdim=True), 7)
     mx, mn = x.amax(1), x.amin(1)
     sat = ((mx - mn) / mx.clamp_min(1e-3)).flatten(1).mean(1)
-    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device).view(1, 1, 3, 3)
-    lap = F.conv2d(lum, lap_k).abs().flatten(1).mean(1)
+    lap = F.conv2d(lum, _laplacian_kernel(x.device)).abs().flatten(1).mean(1)
     gx, gy = lum[..., :, 1:] - lum[..., :, :-1], lum[..., 1:, :] - lum[..., :-1, :]
     grad = 0.5 * (gx.abs().flatten(1).mean(1) + gy.abs().flatten(1).mean(1))
     hp_k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=x.device).view(1, 1, 3, 3)
@@ -127,8 +128,7 @@ def structure_statistics(x: torch.Tensor) -> torch.Tensor:
     sgx, sgy = _grad(F.avg_pool2d(lum, 5, 1, 2, count_include_pad=False))
     strong = (g >= torch.quantile(g.flatten(1), 0.95, dim=1).view(-1, 1, 1, 1)).float()
     softness = ((sgx.abs() + sgy.abs()) * strong).flatten(1).sum(1) / ((g * strong).flatten(1).sum(1) + 1e-6)
-    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device).view(1, 1, 3, 3)
-    blocks = F.avg_pool2d(F.conv2d(lum, lap_k, padding=1).abs(), 8).flatten(1)
+    blocks = F.avg_pool2d(F.conv2d(lum, _laplacian_kernel(x.device), padding=1).abs(), 8).flatten(1)
     smooth_share = (blocks < 0.25 * blocks.median(1, keepdim=True).values).float().mean(1)
     c8 = F.avg_pool2d(x, 8).clamp_min(1e-3)
     lb = torch.log(c8[:, 2] / c8[:, 0]).flatten(1)
