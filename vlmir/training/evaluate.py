@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         restorer = build_restorer(path=args.restorer, encoder_path=args.encoder)
         metrics["restorer"] = eval_restorer(restorer.restore)
         print(json.dumps({"restorer": metrics["restorer"]}))
-        if getattr(restorer.net, "prior", False):  # the same network with the true type's classical prior
+        if restorer.net.prior:  # the same network with the true type's classical prior
             metrics["restorer_given_type"] = eval_restorer(
                 lambda x, t: restorer.restore(x, degradation=t), given_type=True)
             print(json.dumps({"restorer_given_type": metrics["restorer_given_type"]}))

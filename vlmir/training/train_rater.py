@@ -79,9 +79,10 @@ def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *
     """The loss on one batch: images (``lq``, ``clean``) or, from a :func:`feature_bank`, their ``features``."""
     net = head.module if hasattr(head, "module") else head
 
-    def features(key: str) -> torch.Tensor:
-        return batch[f"features{'' if key == 'lq' else '_clean'}"] if "features" in batch else \
-            _features(net, encoder, batch[key])
+    def features(key: str) -> torch.Tensor:  # key: "lq" or "clean"
+        if "features" in batch:  # a feature-bank batch
+            return batch["features" if key == "lq" else "features_clean"]
+        return _features(net, encoder, batch[key])
 
     logits = head(features("lq"))
     r = batch["visibility"]
@@ -115,7 +116,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     encoder, enc_random = load_encoder(cfg.get("encoder"), allow_random=bool(cfg.get("allow_random_encoder", False)))
     if enc_random:
         log.info("WARNING: the encoder has random weights (test run)")
-    encoder.eval().requires_grad_(False)
+    encoder = encoder.to(acc.device).eval().requires_grad_(False)
     model_cfg = dict(cfg.get("model", {}))
     model_cfg.setdefault("feature_dim", 2 * encoder.config["embed_dim"] + len(encoder.degradation_names)
                          + encoder.pooled_dim
@@ -134,14 +135,13 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         n_bank = int(cfg["feature_bank"])
         bank_sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 3000 + acc.process_index)
         t0 = time.perf_counter()
-        bank = feature_bank(head, encoder.to(acc.device), bank_sampler, n_bank, 64, acc.device, progress)
+        bank = feature_bank(head, encoder, bank_sampler, n_bank, 64, acc.device, progress)
         log.info(f"feature bank: {n_bank} samples in {time.perf_counter() - t0:.0f} s")
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=head, optimizer=opt, sampler=sampler, log=log)
                    if resume else (0, 0.0))
     (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     head, opt = acc.prepare(head, opt)
-    encoder = encoder.to(acc.device)
     timer = Timer(spent)
     logs: dict[str, Any] = {}
     every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
