@@ -75,8 +75,12 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
         raise ValueError(f"gate_target must be 'degraded' or 'optimal', got {gate_target!r}")
     lq, clean = batch["lq"], batch["clean"]
     net = model.module if hasattr(model, "module") else model
-    cond, pred = condition(encoder, lq, return_pred=True)
-    prior = classical_prior(lq, prior_types(batch["types"], pred, prior_true_p)) if net.prior else None
+    prior = None
+    if net.prior:  # the predicted types pick the classical prior (the text tower runs only then)
+        cond, pred = condition(encoder, lq, return_pred=True)
+        prior = classical_prior(lq, prior_types(batch["types"], pred, prior_true_p))
+    else:
+        cond = condition(encoder, lq)
     if crop is not None and crop < lq.shape[-1]:
         o = (lq.shape[-1] - crop) // 2
         lq, clean = lq[..., o : o + crop, o : o + crop], clean[..., o : o + crop, o : o + crop]
