@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from vlmir.constants import DEGRADATIONS
-
 from vlmir.models import embedded
 from vlmir.models.embedded import EmbeddedRestorer, build_classifier, build_rater, build_restorer
 from vlmir.models.encoder import DEGRADATION_NAMES, DegradationAwareEncoder
@@ -113,6 +112,33 @@ def test_prior_restorer_follows_the_classical_method_of_the_given_type():
     assert tiled.shape == x.shape and torch.isfinite(tiled).all()
     with pytest.raises(ValueError, match="unknown degradation"):
         r.restore(x, degradation="foggy")
+
+
+def test_flip_self_ensemble_averages_the_flipped_passes():
+    """``ensemble=2``/``4``: the network's outputs on the flipped image, flipped back and averaged, with one
+    conditioning (and prior) for all passes; identity stays exact; bad values are refused."""
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder().eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,)).eval()
+    torch.nn.init.constant_(net.gate.bias, 2.0)
+    r = EmbeddedRestorer(enc, net, random_weights=True)
+    x = torch.rand(1, 3, 48, 64)
+    cond = r.condition(x)
+    with torch.no_grad():
+        one = net(x, cond).clamp(0, 1)
+        h = net(x.flip(-1), cond).clamp(0, 1).flip(-1)
+        v = net(x.flip(-2), cond).clamp(0, 1).flip(-2)
+        hv = net(x.flip(-2, -1), cond).clamp(0, 1).flip(-2, -1)
+    assert torch.allclose(r.restore(x), one, atol=1e-5)
+    assert torch.allclose(r.restore(x, ensemble=2), (one + h) / 2, atol=1e-5)
+    assert torch.allclose(r.restore(x, ensemble=4), (one + h + v + hv) / 4, atol=1e-5)
+    assert not torch.allclose(one, h, atol=1e-3)  # the passes differ: the average is not a no-op
+    r4 = EmbeddedRestorer(enc, net, random_weights=True, ensemble=4)
+    assert torch.allclose(r4.restore(x), (one + h + v + hv) / 4, atol=1e-5)
+    assert torch.allclose(_identity_restorer().restore(x, ensemble=4), x, atol=1e-5)
+    for bad in (3, 0, True, "2"):
+        with pytest.raises(ValueError, match="ensemble must be one of"):
+            r.restore(x, ensemble=bad)
 
 
 def test_auto_tiling_above_one_megapixel(monkeypatch):
