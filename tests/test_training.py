@@ -15,7 +15,7 @@ from vlmir.models.restorer import ConditionalRestorer
 from vlmir.training.common import load_config
 from vlmir.training.data import CLASS_NAMES, HELDOUT_PHOTOS, TRAIN_PHOTOS, DataConfig, PairSampler
 from vlmir.training.train_encoder import encoder_losses
-from vlmir.training.train_rater import rater_losses, soft_levels
+from vlmir.training.train_rater import rater_losses, severity_score, soft_levels, two_hot_levels
 from vlmir.training.train_restorer import restorer_losses
 
 TINY_ENCODER = dict(embed_dim=32, image_size=64, vision_width=8, vision_head_width=16, text_width=16, text_heads=2,
@@ -106,6 +106,46 @@ def test_restorer_optimal_gate_target(batch):
     assert np.isfinite(losses).all()
     with pytest.raises(ValueError, match="gate_target"):
         restorer_losses(net, enc, batch, gate_target="always")
+
+
+def test_restorer_without_gate_and_fine_tuned_from_a_gated_one(batch, tmp_path):
+    """``gate=False``: g = 1, so the output is ``x + m (p - x) + R`` exactly, there is no gate loss, and such a
+    network starts from a gated one's weights with ``init_skip: ["gate"]`` (everything else bit-identical)."""
+    from safetensors.torch import load_file
+
+    from vlmir.training.common import export_weights
+    from vlmir.training.train_restorer import train
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64, prior=True)
+    net = ConditionalRestorer(**kw, gate=False)
+    assert net.gate is None and "gate.weight" not in net.state_dict() and net.config["gate"] is False
+    cond = torch.randn(2, 64)
+    assert torch.equal(net.gate_value(cond), torch.ones(2))
+    with torch.no_grad():
+        net.ending.weight.zero_()
+        net.ending.bias.zero_()
+        net.ending.bias[12:] = 50.0  # m = 1, R = 0: the output is the prior itself, ungated
+    x, p = batch["lq"][:2, :, :48, :48], batch["clean"][:2, :, :48, :48]
+    assert torch.allclose(net(x, cond, p), p, atol=1e-5)
+    _, logs = restorer_losses(net, enc, batch, crop=48, prior_true_p=1.0)
+    assert logs["gate_bce"] == 0.0 and logs["loss"] == pytest.approx(logs["l1"])
+    # fine-tune a gated network into an ungated one
+    enc_dir = tmp_path / "enc"
+    export_weights(enc_dir, model=enc, model_config=enc.config, train_config={"kind": "encoder"})
+    gated = ConditionalRestorer(**kw)
+    export_weights(tmp_path / "gated", model=gated, model_config=gated.config, train_config={"kind": "restorer"})
+    model_cfg = {k: v for k, v in kw.items() if k != "cond_dim"}
+    cfg = {"kind": "restorer", "encoder": str(enc_dir), "init_from": str(tmp_path / "gated"), "steps": 1,
+           "batch_size": 2, "restore_crop": 32, "lr": 0.0, "warmup": 1, "threads": 1, "data": TINY_DATA,
+           "model": dict(model_cfg, gate=False)}
+    train(dict(cfg, init_skip=["gate"]), tmp_path / "open", progress=False)
+    a = load_file(str(tmp_path / "gated" / "model.safetensors"))
+    b = load_file(str(tmp_path / "open" / "final" / "model.safetensors"))
+    assert set(a) - set(b) == {"gate.weight", "gate.bias"} and all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(ValueError, match="unexpected"):
+        train(cfg, tmp_path / "bad", progress=False)
 
 
 def test_restorer_with_classical_prior_learns_and_trust_mask_works(batch):
@@ -312,7 +352,8 @@ def test_encoder_statistics_fine_tune_keeps_the_towers(tmp_path):
 
 def test_rater_feature_bank_trains_and_resumes_exactly(tmp_path):
     """``feature_bank``: features of N samples are computed once and batches drawn from them; the loss falls
-    over the steps, and a run resumed halfway (the bank rebuilt from its own seed) ends where a straight one does."""
+    over the steps, and a run resumed halfway (the bank loaded from the run folder) ends where a straight one
+    does. A bank file is reused only by a run whose fingerprint matches (same encoder, N, seed, data)."""
     from safetensors.torch import load_file
 
     from vlmir.training.train_encoder import train as train_encoder
@@ -337,6 +378,43 @@ def test_rater_feature_bank_trains_and_resumes_exactly(tmp_path):
     wa = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+    assert "feature bank loaded from" in (tmp_path / "b" / "train.log").read_text()
+    # another run given that bank file: loaded when it matches; rebuilt, the given file left alone, when not
+    bank_file = str(tmp_path / "long" / "feature_bank.pt")
+    train(dict(cfg(2), feature_bank_file=bank_file), tmp_path / "c", progress=False)
+    assert "feature bank loaded from" in (tmp_path / "c" / "train.log").read_text()
+    train(dict(cfg(2), data=dict(TINY_DATA, p_clean=0.5)), tmp_path / "d", progress=False)  # another bank
+    other_bank = tmp_path / "d" / "feature_bank.pt"
+    before = other_bank.read_bytes()
+    train(dict(cfg(2), feature_bank_file=str(other_bank)), tmp_path / "e", progress=False)
+    assert "made differently (fingerprint); rebuilding" in (tmp_path / "e" / "train.log").read_text()
+    assert other_bank.read_bytes() == before and (tmp_path / "e" / "feature_bank.pt").is_file()
+
+
+def test_rater_severity_target():
+    """``target: severity``: r* = 5 - 4c/5 keeps severities 4 and 5 apart (the engine's levels merge them), as a
+    two-hot distribution whose mean is r*; a head trained towards it scores each severity step lower."""
+    r = severity_score(torch.tensor([0, 1, 4, 5]))
+    assert torch.allclose(r, torch.tensor([5.0, 4.2, 1.8, 1.0]))
+    t = two_hot_levels(r, smoothing=0.0)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert torch.allclose(t @ torch.arange(1.0, 6.0), r)
+    assert torch.allclose(t[1], torch.tensor([0, 0, 0, 0.8, 0.2]))
+    ts = two_hot_levels(r, smoothing=0.2)
+    assert torch.allclose(ts.sum(1), torch.ones(4)) and bool((ts[2] > 0).sum() == 3)
+    # a bank batch: features separable by severity; the trained score orders all six severities
+    torch.manual_seed(0)
+    sev = torch.arange(6).repeat(20)
+    feats = torch.nn.functional.one_hot(sev, 6).float() + 0.05 * torch.randn(120, 6)
+    batch = {"features": feats, "features_clean": feats[sev == 0][:1].expand(120, 6), "severity": sev,
+             "visibility": 5.0 - sev.clamp(max=4).float()}
+    head = VisibilityHead(feature_dim=6, hidden=16, dropout=0.0)
+    _fit(head, lambda: rater_losses(head, None, batch, target="severity", score_weight=1.0), steps=300, lr=1e-2)
+    with torch.no_grad():
+        score = VisibilityHead.score(head(torch.eye(6)))
+    assert bool((score[1:] < score[:-1] - 0.3).all()), score
+    with pytest.raises(ValueError, match="unknown rater target"):
+        rater_losses(head, None, batch, target="nope")
 
 
 def test_train_command_restorer_and_rater(tmp_path):
@@ -385,9 +463,15 @@ def test_shipped_configs_parse():
 
     root = Path(__file__).resolve().parent.parent / "vlmir" / "training" / "configs"
     for kind in ("encoder", "restorer", "rater"):
-        cfg = load_config(root / f"{kind}.json")
-        assert cfg["kind"] == kind
+        assert load_config(root / f"{kind}.json")["kind"] == kind
+    files = sorted(root.glob("*.json"))
+    assert len(files) >= 6  # the phases of the shipped recipes (model cards) too
+    for path in files:
+        cfg = load_config(path)
+        assert path.stem.split("_")[0] == cfg["kind"], path.name
         DataConfig(**{"crop": 128, **cfg["data"]})
+        if cfg["kind"] == "restorer":
+            ConditionalRestorer(**cfg["model"])
 
 
 def test_model_card_states_data_command_and_numbers(tmp_path):

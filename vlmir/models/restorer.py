@@ -17,6 +17,11 @@ per-pixel trust mask ``m`` in (0, 1) beside the residual: ``y = x + g(e) * (m * 
 learns where the prior helps and where it must be ignored (a wrong predicted type, a method that hurts); the gate
 still returns a ``clear`` input unchanged, whatever the prior did to it.
 
+With ``gate=False`` there is no scalar gate (g = 1): ``y = x + m * (p - x) + R(x, p, e)``. The trust mask and the
+residual are themselves FiLM-conditioned on the embeddings, so they can return a clean input unchanged on their
+own; a scalar gate read from the embedding alone turns out to be the least robust part on photos the encoder has
+not seen (it half-closes on clearly degraded images and throws away a good prior).
+
 Example::
 
     >>> net = ConditionalRestorer()
@@ -94,6 +99,7 @@ class ConditionalRestorer(nn.Module):
             concatenated: 2 x 128). Default 256.
         cond_hidden: hidden size of the conditioning MLP. Default 128.
         gate_init: initial value of the residual gate (before training). Default 0.5.
+        gate: predict the scalar gate g(e); ``False``: g = 1 (module docstring). Default True.
         prior: take a prior restoration as a second input and predict a trust mask for it (module docstring).
             Default False.
 
@@ -113,6 +119,7 @@ class ConditionalRestorer(nn.Module):
         cond_hidden: int = 128,
         gate_init: float = 0.5,
         prior: bool = False,
+        gate: bool = True,
     ) -> None:
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
@@ -130,14 +137,17 @@ class ConditionalRestorer(nn.Module):
             cond_hidden=cond_hidden,
             gate_init=gate_init,
             prior=bool(prior),
+            gate=bool(gate),
         )
         self.cond_dim = cond_dim
         self.prior = bool(prior)
         self.multiple = 2 * 2 ** len(enc_blocks)
         self.cond = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.GELU(), nn.Linear(cond_hidden, cond_hidden), nn.GELU())
-        self.gate = nn.Linear(cond_hidden, 1)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, float(torch.logit(torch.tensor(gate_init))))
+        self.has_gate = bool(gate)
+        self.gate = nn.Linear(cond_hidden, 1) if self.has_gate else None
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, float(torch.logit(torch.tensor(gate_init))))
         self.intro = nn.Conv2d(24 if self.prior else 12, width, 3, padding=1)
         self.encoders = nn.ModuleList()
         self.downs = nn.ModuleList()
@@ -156,7 +166,9 @@ class ConditionalRestorer(nn.Module):
         self.ending = nn.Conv2d(width, 16 if self.prior else 12, 3, padding=1)  # (residual, trust mask) x 4
 
     def gate_value(self, cond: torch.Tensor) -> torch.Tensor:
-        """The residual gate g(e) in (0, 1), shape (B,)."""
+        """The residual gate g(e) in (0, 1), shape (B,) (ones for a network built with ``gate=False``)."""
+        if self.gate is None:
+            return torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
         return torch.sigmoid(self.gate(self.cond(cond))).squeeze(-1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None = None,
@@ -172,7 +184,7 @@ class ConditionalRestorer(nn.Module):
         elif prior is not None:
             raise ValueError("this restorer was built without prior=True and takes no prior")
         h = self.cond(cond)  # (B, cond_hidden)
-        gate = torch.sigmoid(self.gate(h))[..., None, None]  # (B, 1, 1, 1)
+        gate = (torch.sigmoid(self.gate(h)) if self.gate is not None else h.new_ones(h.shape[0], 1))[..., None, None]
         inp = torch.cat([x, prior], dim=1) if self.prior else x
         y = self.intro(F.pixel_unshuffle(inp, 2))  # (B, width, H/2, W/2)
         skips = []

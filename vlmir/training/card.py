@@ -25,9 +25,8 @@ _WHAT = {
                 "plus `clear`, with s the learned CLIP temperature, averaged over up to nine 128 px crops.{stats}"),
     "restorer": ("embedded (restorer)",
                  "A NAFNet-style U-Net (`vlmir/models/restorer.py`) on a pixel-unshuffled input, FiLM-conditioned "
-                 "on the frozen embedded encoder's content and degradation embeddings, predicting a residual "
-                 "scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e). One "
-                 "feed-forward pass (no diffusion); `steps`/`seed` are ignored."
+                 "on the frozen embedded encoder's content and degradation embeddings, predicting a residual{gate}. "
+                 "One feed-forward pass (no diffusion); `steps`/`seed` are ignored."
                  "{prior}"),
     "rater": ("embedded-rater",
               "A 2-layer MLP (`vlmir/models/rater.py`) on the frozen embedded encoder's features (normalised "
@@ -36,11 +35,18 @@ _WHAT = {
               "{stats}"),
 }
 
+_GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
+         False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
+                "returns a clean input unchanged"}
 _PRIOR = (" With a prior (`prior: true`, this model), the network also takes the classical baseline's restoration "
           "p of the image for the type the encoder predicts (`vlmir/models/classical.py`) and a per-pixel trust "
-          "mask m it predicts: y = x + g(e) (m (p - x) + R(x, p, e)). It learns where the classical result helps "
-          "and where to ignore it (a wrong predicted type, a method that hurts); the gate still returns a clean "
-          "input unchanged.")
+          "mask m it predicts: {formula}. It learns where the classical result helps and where to ignore it (a "
+          "wrong predicted type, a method that hurts); {clean} still returns a clean input unchanged.")
+_RATER_TARGETS = {
+    "engine": "the degradation engine's visibility level (5 - min(c, 4) for combined severity c), label-smoothed",
+    "severity": "r* = 5 - 4c/5 for combined severity c (clean 5 ... severity 5 1.0) as a two-hot distribution "
+                "over the neighbouring levels with mean r*, so severities 4 and 5 stay apart",
+}
 _BASIC_LIST = ("brightness percentiles, dark channel, saturation, sharpness, noise estimate, JPEG blockiness, "
                "clipped and flat areas")
 _STRUCTURE_LIST = ("small bright and dark structures, streak coherence, high-pass skew and kurtosis, large dark "
@@ -126,7 +132,10 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
         if enc_cfg.is_file():
             stats_set = json.loads(enc_cfg.read_text()).get("stats_set", "basic")
     stats = _STATS.get(kind, "").format(stats_list=_stats_list(stats_set)) if model.get("image_stats") else ""
-    what = what.format(prior=_PRIOR if model.get("prior") else "", stats=stats)
+    gated = bool(model.get("gate", True))
+    prior = _PRIOR.format(formula="y = x + g(e) (m (p - x) + R(x, p, e))" if gated else "y = x + m (p - x) + R(x, p, e)",
+                          clean="the gate" if gated else "the conditioning")
+    what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated])
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [
@@ -156,6 +165,8 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
         "- last logged training values: " + ", ".join(f"{k} {_fmt(v)}" for k, v in train.items()
                                                     if k not in ("steps", "wall_s")),
     ]
+    if kind == "rater":
+        lines.append("- target: " + _RATER_TARGETS.get(cfg.get("target", "engine"), str(cfg.get("target"))))
     if notes:
         lines += ["", notes]
     lines += ["", "## Validation (held-out photos)", "",

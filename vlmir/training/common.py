@@ -64,6 +64,11 @@ def make_accelerator(cfg: dict[str, Any]):
     return Accelerator(cpu=bool(cfg.get("cpu", not torch.cuda.is_available())))
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module itself from a distributed wrapper (``DistributedDataParallel`` keeps it as ``.module``)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 5% of ``base``."""
     if step < warmup:

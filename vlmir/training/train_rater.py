@@ -1,9 +1,17 @@
 """Train the visibility head (:class:`vlmir.models.rater.VisibilityHead`) on the frozen encoder's features.
 
-Targets are the degradation engine's WResVLM-style visibility scores r in 1..5 (clean 5; combined severity c
-gives r = 5 - min(c, 4)). Loss: cross-entropy against a label-smoothed distribution centred on r (mass
-``1 - smoothing`` on r, the rest on its neighbours) plus ``score_weight * (sum_i i p_i - r)^2`` so the expected
-score itself tracks r.
+Targets (``target``):
+
+- ``"engine"`` (default): the degradation engine's WResVLM-style visibility scores r in 1..5 (clean 5; combined
+  severity c gives r = 5 - min(c, 4)), as a label-smoothed distribution centred on r (mass ``1 - smoothing`` on r,
+  the rest on its neighbours);
+- ``"severity"``: the continuous r* = 5 - 4 c / 5 (clean 5, then 4.2, 3.4, 2.6, 1.8, 1.0), as the two-hot
+  distribution over the neighbouring levels whose mean is r*, mixed with ``smoothing`` of the engine-style
+  neighbour spread. The engine's levels merge severities 4 and 5 (both "bad"); here every severity step moves the
+  target, so the score keeps ordering images all the way down.
+
+Loss: cross-entropy against that distribution plus ``score_weight * (sum_i i p_i - r)^2`` so the expected score
+itself tracks the target r.
 
 With ``rank_weight > 0`` the head also scores each sample's clean crop (target 5, the same window undegraded) and
 a pairwise hinge ``rank_weight * relu(margin * (5 - r) - (score_clean - score_lq))`` asks the clean crop to score
@@ -18,6 +26,7 @@ updates in the same time; the bank is a fixed sample of the same distribution (N
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,8 +44,42 @@ from vlmir.training.common import (
     make_accelerator,
     resume_from,
     setup_logger,
+    unwrap,
 )
 from vlmir.training.data import DataConfig, PairSampler
+
+TARGETS = ("engine", "severity")
+
+
+def severity_score(severity: torch.Tensor) -> torch.Tensor:
+    """The continuous target r* = 5 - 4 c / 5 (B,) for combined severities c in 0..5 (0 clean)."""
+    return 5.0 - 0.8 * severity.float().clamp(0, 5)
+
+
+def two_hot_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
+    """(B, 5) distributions over levels 1..5 whose mean is ``r`` in [1, 5] (two-hot on the neighbouring levels),
+    mixed with ``smoothing`` of :func:`soft_levels`' neighbour spread around the nearest level."""
+    r = r.float().clamp(1, 5)
+    lo = r.floor().clamp(max=4)
+    w = r - lo  # weight of level lo + 1
+    t = torch.zeros(r.shape[0], 5, device=r.device)
+    rows = torch.arange(r.shape[0], device=r.device)
+    t[rows, (lo - 1).long()] += 1 - w
+    t[rows, lo.long()] += w
+    if smoothing > 0:
+        t = (1 - smoothing) * t + smoothing * soft_levels(r.round(), 1.0)
+    return t
+
+
+def level_targets(batch: dict, target: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distribution (B, 5), score (B,))`` the head is trained towards, for ``target`` in :data:`TARGETS`."""
+    if target == "engine":
+        r = batch["visibility"]
+        return soft_levels(r, smoothing), r
+    if target == "severity":
+        r = severity_score(batch["severity"]).to(batch["visibility"].device)
+        return two_hot_levels(r, smoothing), r
+    raise ValueError(f"unknown rater target {target!r}; valid: {', '.join(TARGETS)}")
 
 
 def soft_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
@@ -61,23 +104,58 @@ def _features(net: torch.nn.Module, encoder: torch.nn.Module, x: torch.Tensor) -
 
 def feature_bank(head: VisibilityHead, encoder: torch.nn.Module, sampler: PairSampler, n: int, batch_size: int,
                  device: Any, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Features of ``n`` samples: ``features`` and ``features_clean`` (n, F) and ``visibility`` (n,)."""
+    """Features of ``n`` samples: ``features`` and ``features_clean`` (n, F), ``visibility`` and ``severity`` (n,)."""
     from tqdm.auto import tqdm
 
-    feats, clean, vis = [], [], []
+    feats, clean, vis, sev = [], [], [], []
     for start in tqdm(range(0, n, batch_size), desc="feature bank", disable=not progress):
         b = sampler.sample(min(batch_size, n - start))
         feats.append(_features(head, encoder, b["lq"].to(device)))
         clean.append(_features(head, encoder, b["clean"].to(device)))
         vis.append(b["visibility"].to(device))
-    return {"features": torch.cat(feats), "features_clean": torch.cat(clean), "visibility": torch.cat(vis)}
+        sev.append(b["severity"].to(device))
+    return {"features": torch.cat(feats), "features_clean": torch.cat(clean), "visibility": torch.cat(vis),
+            "severity": torch.cat(sev)}
+
+
+def bank_fingerprint(encoder: torch.nn.Module, n: int, seed: int, data_cfg: dict[str, Any],
+                     image_stats: bool) -> dict[str, Any]:
+    """What a feature bank depends on: N, the sampler seed, the data config, the statistics flag and a SHA-1 of
+    the encoder's weights (so a bank is never reused with another encoder)."""
+    h = hashlib.sha1()
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"n": int(n), "seed": int(seed), "data": json.loads(json.dumps(data_cfg, sort_keys=True)),
+            "image_stats": bool(image_stats), "encoder_sha1": h.hexdigest()}
+
+
+def load_or_build_bank(paths: list[Path], fingerprint: dict[str, Any], build: Any, save_to: Path,
+                       log: Any) -> dict[str, torch.Tensor]:
+    """The first bank among ``paths`` whose fingerprint matches, else ``build()``, saved (with its fingerprint) to
+    ``save_to``; a bank file that does not match is left as it is."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            log.info(f"feature bank loaded from {path}")
+            return saved["bank"]
+        log.info(f"feature bank at {path} was made differently (fingerprint); rebuilding it")
+    t0 = time.perf_counter()
+    bank = build()
+    log.info(f"feature bank: {fingerprint['n']} samples in {time.perf_counter() - t0:.0f} s")
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fingerprint": fingerprint, "bank": {k: v.cpu() for k, v in bank.items()}}, save_to)
+    return bank
 
 
 def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,
                  score_weight: float = 0.1, rank_weight: float = 0.0,
-                 rank_margin: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss on one batch: images (``lq``, ``clean``) or, from a :func:`feature_bank`, their ``features``."""
-    net = head.module if hasattr(head, "module") else head
+                 rank_margin: float = 0.25, target: str = "engine") -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss on one batch: images (``lq``, ``clean``) or, from a :func:`feature_bank`, their ``features``;
+    ``target`` in :data:`TARGETS` (module docstring)."""
+    net = unwrap(head)
 
     def features(key: str) -> torch.Tensor:  # key: "lq" or "clean"
         if "features" in batch:  # a feature-bank batch
@@ -85,15 +163,15 @@ def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *
         return _features(net, encoder, batch[key])
 
     logits = head(features("lq"))
-    r = batch["visibility"]
-    ce = torch.sum(-soft_levels(r, smoothing) * F.log_softmax(logits, -1), dim=1).mean()
+    dist, r = level_targets(batch, target, smoothing)
+    ce = torch.sum(-dist * F.log_softmax(logits, -1), dim=1).mean()
     score = VisibilityHead.score(logits)
     mse = (score - r).pow(2).mean()
     loss = ce + score_weight * mse
     logs = {"score_mae": (score - r).abs().mean().item()}
     if rank_weight > 0:
         score_clean = VisibilityHead.score(head(features("clean")))
-        deg = r < 5
+        deg = r < 5  # the degraded samples (clean ones score 5 under both targets)
         hinge = F.relu(rank_margin * (5 - r) - (score_clean - score))[deg]
         rank = hinge.mean() if deg.any() else score.sum() * 0.0
         loss = loss + rank_weight * rank
@@ -130,13 +208,20 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
     rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
+    target = str(cfg.get("target", "engine"))
+    if target not in TARGETS:
+        raise ValueError(f"unknown rater target {target!r}; valid: {', '.join(TARGETS)}")
     bank = None
     if int(cfg.get("feature_bank", 0)) > 0:
-        n_bank = int(cfg["feature_bank"])
-        bank_sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 3000 + acc.process_index)
-        t0 = time.perf_counter()
-        bank = feature_bank(head, encoder, bank_sampler, n_bank, 64, acc.device, progress)
-        log.info(f"feature bank: {n_bank} samples in {time.perf_counter() - t0:.0f} s")
+        n_bank, bank_seed = int(cfg["feature_bank"]), seed + 3000 + acc.process_index
+        bank_sampler = PairSampler(DataConfig(**data_cfg), seed=bank_seed)
+        own = out_dir / "feature_bank.pt"
+        paths = ([Path(cfg["feature_bank_file"])] if cfg.get("feature_bank_file") else []) + [own]
+        fingerprint = bank_fingerprint(encoder, n_bank, bank_seed, data_cfg, head.image_stats)
+        bank = load_or_build_bank(
+            paths, fingerprint,
+            lambda: feature_bank(head, encoder, bank_sampler, n_bank, 64, acc.device, progress), own, log)
+        bank = {k: v.to(acc.device) for k, v in bank.items()}
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=head, optimizer=opt, sampler=sampler, log=log)
                    if resume else (0, 0.0))
@@ -157,7 +242,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
             batch = sampler.sample(bs)
             batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, logs = rater_losses(head, encoder, batch, smoothing=smoothing, score_weight=score_weight,
-                                  rank_weight=rank_weight, rank_margin=rank_margin)
+                                  rank_weight=rank_weight, rank_margin=rank_margin, target=target)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()

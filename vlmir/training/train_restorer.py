@@ -14,6 +14,10 @@ With ``model.prior: true`` the restorer also takes the classical baseline's rest
 type of the sample (so the network learns what a right prior is worth), otherwise the type the frozen encoder
 predicts from the crop (so it learns to ignore a wrong one, as happens at inference). Clean crops get the
 encoder's prediction too: a wrong prior on a clean crop must be gated off.
+
+``init_from`` starts from earlier weights and ``train_only`` (name prefixes) trains only those parameters, the
+rest frozen in eval mode (:func:`vlmir.training.common.freeze_except`): e.g. ``["gate"]`` with a larger
+``gate_weight`` recalibrates only the gate g(e) of a trained restorer.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from vlmir.training.common import (
     after_step,
     cosine_lr,
     finish_run,
+    freeze_except,
     init_from,
     make_accelerator,
     resume_from,
     setup_logger,
+    train_mode,
+    unwrap,
 )
 from vlmir.training.data import DataConfig, PairSampler
 
@@ -74,7 +81,7 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
     if gate_target not in ("degraded", "optimal"):
         raise ValueError(f"gate_target must be 'degraded' or 'optimal', got {gate_target!r}")
     lq, clean = batch["lq"], batch["clean"]
-    net = model.module if hasattr(model, "module") else model
+    net = unwrap(model)
     prior = None
     if net.prior:  # the predicted types pick the classical prior (the text tower runs only then)
         cond, pred = condition(encoder, lq, return_pred=True)
@@ -95,7 +102,10 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
             target = (num / r.pow(2).flatten(1).sum(1).clamp_min(1e-8)).clamp(0, 1)
     else:
         target = (batch["severity"] > 0).float().to(gate.device)
-    lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), target)
+    if net.has_gate:
+        lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), target)
+    else:  # no gate (g = 1): nothing to calibrate
+        lg = l1.new_zeros(())
     loss = l1 + gate_weight * lg
     with torch.no_grad():
         mse_in = (lq - clean).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -130,9 +140,10 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     model_cfg.setdefault("cond_dim", 2 * encoder.config["embed_dim"])
     model = ConditionalRestorer(**model_cfg)
     init_from(model, cfg, log)  # e.g. fine-tune the shipped restorer on a changed encoder
+    freeze_except(model, cfg.get("train_only"), log)  # e.g. recalibrate only the gate
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 16))
     lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
                             betas=(0.9, 0.99))
     data_cfg = dict(cfg.get("data", {}))
     data_cfg.setdefault("crop", encoder.image_size)
@@ -152,7 +163,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     timer = Timer(spent)
     logs: dict[str, Any] = {}
     every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
-    model.train()
+    train_mode(acc.unwrap_model(model), cfg.get("train_only"))
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="restorer", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
