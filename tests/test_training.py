@@ -108,6 +108,27 @@ def test_restorer_optimal_gate_target(batch):
         restorer_losses(net, enc, batch, gate_target="always")
 
 
+def test_restorer_psnr_pixel_loss(batch):
+    """``pixel_loss="psnr"``: the loss is minus the batch's mean PSNR in dB (NAFNet's PSNR loss) for a network
+    without a gate, and it falls when trained; an unknown name is refused."""
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), cond_dim=64, gate=False)
+    loss, logs = restorer_losses(net, enc, batch, crop=48, pixel_loss="psnr")
+    from vlmir.training.train_restorer import condition
+
+    o = (batch["lq"].shape[-1] - 48) // 2
+    sl = (..., slice(o, o + 48), slice(o, o + 48))
+    with torch.no_grad():
+        out = net(batch["lq"][sl], condition(enc, batch["lq"]))
+    mse = (out - batch["clean"][sl]).pow(2).flatten(1).mean(1)
+    assert loss.item() == pytest.approx(-(10 * torch.log10(1 / (mse + 1e-8))).mean().item(), rel=1e-4)
+    losses = _fit(net, lambda: restorer_losses(net, enc, batch, crop=48, pixel_loss="psnr"), steps=15)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+    with pytest.raises(ValueError, match="pixel_loss"):
+        restorer_losses(net, enc, batch, pixel_loss="l2")
+
+
 def test_restorer_without_gate_and_fine_tuned_from_a_gated_one(batch, tmp_path):
     """``gate=False``: g = 1, so the output is ``x + m (p - x) + R`` exactly, there is no gate loss, and such a
     network starts from a gated one's weights with ``init_skip: ["gate"]`` (everything else bit-identical)."""
