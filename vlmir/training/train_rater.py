@@ -19,9 +19,12 @@ above its degraded version by a margin that grows with the severity: WResVLM's u
 versions of one scene, and this is that comparison.
 
 With ``feature_bank: N`` the frozen encoder's features of N samples (degraded and clean crops) are computed once
-(from their own sampler, seed + 3000, so a resumed run rebuilds the same bank) and every step draws its batch
-from them. The encoder and the degradation engine dominate a step's cost, so the head then sees many more
-updates in the same time; the bank is a fixed sample of the same distribution (N distinct crops).
+(from their own sampler, seed + 3000) and every step draws its batch from them. The encoder and the degradation
+engine dominate a step's cost, so the head then sees many more updates in the same time; the bank is a fixed
+sample of the same distribution (N distinct crops). The bank is saved as ``feature_bank.pt`` in the run folder
+with a fingerprint of what made it (N, seed, data config, a digest of the encoder's weights); a resumed run, or
+a new run given ``feature_bank_file`` with a matching fingerprint, loads it instead of recomputing it (a file
+that does not match is left alone and the bank is rebuilt into the run folder).
 """
 
 from __future__ import annotations
@@ -71,15 +74,20 @@ def two_hot_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
     return t
 
 
+def check_target(target: str) -> str:
+    """``target`` when it is one of :data:`TARGETS`, else a ``ValueError`` naming them."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown rater target {target!r}; valid: {', '.join(TARGETS)}")
+    return target
+
+
 def level_targets(batch: dict, target: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(distribution (B, 5), score (B,))`` the head is trained towards, for ``target`` in :data:`TARGETS`."""
-    if target == "engine":
+    if check_target(target) == "engine":
         r = batch["visibility"]
         return soft_levels(r, smoothing), r
-    if target == "severity":
-        r = severity_score(batch["severity"]).to(batch["visibility"].device)
-        return two_hot_levels(r, smoothing), r
-    raise ValueError(f"unknown rater target {target!r}; valid: {', '.join(TARGETS)}")
+    r = severity_score(batch["severity"]).to(batch["visibility"].device)
+    return two_hot_levels(r, smoothing), r
 
 
 def soft_levels(r: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
@@ -208,9 +216,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
     rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
-    target = str(cfg.get("target", "engine"))
-    if target not in TARGETS:
-        raise ValueError(f"unknown rater target {target!r}; valid: {', '.join(TARGETS)}")
+    target = check_target(str(cfg.get("target", "engine")))  # before the (long) feature bank
     bank = None
     if int(cfg.get("feature_bank", 0)) > 0:
         n_bank, bank_seed = int(cfg["feature_bank"]), seed + 3000 + acc.process_index
