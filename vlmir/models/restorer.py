@@ -143,8 +143,7 @@ class ConditionalRestorer(nn.Module):
         self.prior = bool(prior)
         self.multiple = 2 * 2 ** len(enc_blocks)
         self.cond = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.GELU(), nn.Linear(cond_hidden, cond_hidden), nn.GELU())
-        self.has_gate = bool(gate)
-        self.gate = nn.Linear(cond_hidden, 1) if self.has_gate else None
+        self.gate = nn.Linear(cond_hidden, 1) if gate else None  # None: g = 1
         if self.gate is not None:
             nn.init.zeros_(self.gate.weight)
             nn.init.constant_(self.gate.bias, float(torch.logit(torch.tensor(gate_init))))
@@ -167,9 +166,11 @@ class ConditionalRestorer(nn.Module):
 
     def gate_value(self, cond: torch.Tensor) -> torch.Tensor:
         """The residual gate g(e) in (0, 1), shape (B,) (ones for a network built with ``gate=False``)."""
-        if self.gate is None:
-            return torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
-        return torch.sigmoid(self.gate(self.cond(cond))).squeeze(-1)
+        return self._gate(self.cond(cond)).squeeze(-1)
+
+    def _gate(self, h: torch.Tensor) -> torch.Tensor:
+        """g (B, 1) from the conditioning MLP's output ``h`` (B, cond_hidden)."""
+        return torch.sigmoid(self.gate(h)) if self.gate is not None else h.new_ones(h.shape[0], 1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None = None,
                 return_gate: bool = False):
@@ -184,7 +185,7 @@ class ConditionalRestorer(nn.Module):
         elif prior is not None:
             raise ValueError("this restorer was built without prior=True and takes no prior")
         h = self.cond(cond)  # (B, cond_hidden)
-        gate = (torch.sigmoid(self.gate(h)) if self.gate is not None else h.new_ones(h.shape[0], 1))[..., None, None]
+        gate = self._gate(h)[..., None, None]  # (B, 1, 1, 1)
         inp = torch.cat([x, prior], dim=1) if self.prior else x
         y = self.intro(F.pixel_unshuffle(inp, 2))  # (B, width, H/2, W/2)
         skips = []

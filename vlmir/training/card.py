@@ -133,8 +133,8 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
             stats_set = json.loads(enc_cfg.read_text()).get("stats_set", "basic")
     stats = _STATS.get(kind, "").format(stats_list=_stats_list(stats_set)) if model.get("image_stats") else ""
     gated = bool(model.get("gate", True))
-    prior = _PRIOR.format(formula="y = x + g(e) (m (p - x) + R(x, p, e))" if gated else "y = x + m (p - x) + R(x, p, e)",
-                          clean="the gate" if gated else "the conditioning")
+    formula = "y = x + g(e) (m (p - x) + R(x, p, e))" if gated else "y = x + m (p - x) + R(x, p, e)"
+    prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
     what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated])
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))

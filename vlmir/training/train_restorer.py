@@ -117,7 +117,7 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
             target = (num / r.pow(2).flatten(1).sum(1).clamp_min(1e-8)).clamp(0, 1)
     else:
         target = (batch["severity"] > 0).float().to(gate.device)
-    if net.has_gate:
+    if net.gate is not None:
         lg = F.binary_cross_entropy(gate.clamp(1e-6, 1 - 1e-6), target)
     else:  # no gate (g = 1): nothing to calibrate
         lg = l1.new_zeros(())
@@ -158,7 +158,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     freeze_except(model, cfg.get("train_only"), log)  # e.g. recalibrate only the gate
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 16))
     lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)),
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr,
+                            weight_decay=float(cfg.get("weight_decay", 0.0)),
                             betas=(0.9, 0.99))
     data_cfg = dict(cfg.get("data", {}))
     data_cfg.setdefault("crop", encoder.image_size)
