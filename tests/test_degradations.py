@@ -251,6 +251,26 @@ def test_sample_degradation(photo):
         sample_degradation(rng, severities=(0,))
 
 
+def test_sample_degradation_weights():
+    single = {"allow_mixtures": False}
+    rng = np.random.Generator(np.random.PCG64(3))
+    draws = [sample_degradation(rng, weights={"motion-blurry": 9.0}, **single)["types"][0] for _ in range(600)]
+    share = draws.count("motion-blurry") / len(draws)
+    assert 0.45 < share < 0.55  # 9 / (9 + 9 others at weight 1) = 0.5
+    assert set(draws) == set(DEGRADATIONS)  # the others still appear
+    only = [sample_degradation(rng, weights={t: 0.0 for t in DEGRADATIONS if t != "hazy"}, p_mixture=0.5)
+            for _ in range(50)]
+    assert all(d["types"] == ["hazy"] for d in only)  # zero weight: never drawn, not even in a mixture
+    same = [sample_degradation(np.random.Generator(np.random.PCG64(1)), weights=w) for w in (None, None)]
+    assert same[0] == same[1] == sample_degradation(np.random.Generator(np.random.PCG64(1)))
+    with pytest.raises(ValueError, match="unknown degradation"):
+        sample_degradation(rng, weights={"blurry": 2.0})
+    with pytest.raises(ValueError, match="not all 0"):
+        sample_degradation(rng, weights={t: 0.0 for t in DEGRADATIONS})
+    with pytest.raises(ValueError, match=">= 0"):
+        sample_degradation(rng, weights={"hazy": -1.0})
+
+
 def test_import_is_light():
     code = "import sys, vlmir.degradations.compose as c; print(sorted(m for m in ('torch',) if m in sys.modules))"
     # the package itself needs no torch; vlmir/__init__ may import it (vlmir.io), so check the engine modules only

@@ -63,6 +63,14 @@ def test_heldout_photos_are_not_training_photos():
         DataConfig(photos=("chelsea",))
 
 
+def test_type_weights_reach_the_sampler():
+    only_blur = {t: 0.0 for t in CLASS_NAMES if t not in ("motion-blurry", "clear")}
+    b = PairSampler(DataConfig(**{**TINY_DATA, "p_clean": 0.0, "type_weights": only_blur}), seed=1).sample(6)
+    assert all(t == ["motion-blurry"] for t in b["types"])
+    with pytest.raises(ValueError, match="unknown degradation"):
+        DataConfig(type_weights={"blur": 2})
+
+
 def _fit(model, loss_fn, steps=12, lr=3e-3):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []

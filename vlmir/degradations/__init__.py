@@ -40,7 +40,7 @@ Example::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,6 +191,17 @@ def degrade(
     return _from_hwc(out, like), meta
 
 
+def _type_probabilities(pool: list[str], weights: Mapping[str, float] | None) -> np.ndarray | None:
+    """Normalised sampling probabilities over ``pool`` from per-name ``weights`` (``None``: uniform)."""
+    if weights is None:
+        return None
+    parse_types(list(weights))  # unknown names: the usual error, with the valid ones
+    w = np.array([float(weights.get(t, 1.0)) for t in pool])
+    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0 over the pool, got {dict(weights)}")
+    return w / w.sum()
+
+
 def sample_degradation(
     rng: np.random.Generator,
     *,
@@ -200,6 +211,7 @@ def sample_degradation(
     p_mixture: float = 0.3,
     max_types: int = 3,
     types: Sequence[str] = DEGRADATIONS,
+    weights: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Draw a random degradation spec for on-the-fly training data: ``degrade(image, **spec)``.
 
@@ -211,6 +223,9 @@ def sample_degradation(
         p_mixture: probability of a mixture when ``allow_mixtures`` (otherwise one type).
         max_types: most types in a mixture (2..10).
         types: the pool of types to draw from (default all ten).
+        weights: relative sampling weight per type name (types left out weigh 1); the types of a draw are then
+            picked one after another with probability proportional to their weight (``None``: uniformly, the
+            same draws as before weights existed). Use it to show a hard type more often in training.
 
     Returns:
         ``{"types": [...], "severity": [...], "seed": int}``. Mixtures never contain a pair of
@@ -227,6 +242,7 @@ def sample_degradation(
         raise ValueError("types must name at least one degradation type")
     if not 2 <= int(max_types) <= len(DEGRADATIONS):
         raise ValueError(f"max_types must be in 2..{len(DEGRADATIONS)}, got {max_types!r}")
+    order_p = _type_probabilities(pool, weights)
     seed = int(rng.integers(0, 2**31 - 1))
     if rng.random() < p_clean:
         return {"types": [], "severity": [], "seed": seed}
@@ -234,7 +250,11 @@ def sample_degradation(
     if allow_mixtures and len(pool) > 1 and rng.random() < p_mixture:
         n = int(rng.integers(2, min(max_types, len(pool)) + 1))
     chosen: list[str] = []
-    for t in rng.permutation(pool):
+    if order_p is None:
+        order = list(rng.permutation(pool))
+    else:  # a weighted permutation of the types that can be drawn (weight > 0)
+        order = [pool[i] for i in rng.choice(len(pool), int(np.count_nonzero(order_p)), replace=False, p=order_p)]
+    for t in order:
         t = str(t)
         if any(pair <= set(chosen) | {t} for pair in EXCLUSIVE):
             continue

@@ -116,6 +116,8 @@ class DataConfig:
         max_types: most types in a mixture.
         p_procedural: probability of procedural content instead of a photo.
         severities: severities drawn uniformly per type.
+        type_weights: relative sampling weight per type name (others weigh 1), to show hard types more often;
+            ``None`` draws types uniformly.
         photos: training photo names (default :data:`TRAIN_PHOTOS`).
     """
 
@@ -127,6 +129,7 @@ class DataConfig:
     max_types: int = 2
     p_procedural: float = 0.1
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    type_weights: dict[str, float] | None = None
     photos: tuple[str, ...] = field(default_factory=lambda: TRAIN_PHOTOS)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,9 @@ class DataConfig:
         self.scale = tuple(self.scale)
         self.severities = tuple(self.severities)
         self.photos = tuple(self.photos)
+        if self.type_weights is not None:
+            self.type_weights = {str(k): float(v) for k, v in self.type_weights.items()}
+            sample_degradation(np.random.default_rng(0), weights=self.type_weights)  # the same checks, now
         if self.window[0] < self.crop or self.window[1] < self.window[0]:
             raise ValueError(f"window {self.window} must satisfy crop ({self.crop}) <= min <= max")
         bad = sorted(set(self.photos) & set(HELDOUT_PHOTOS))
@@ -198,7 +204,7 @@ class PairSampler:
         cfg = self.config
         win = self._window()
         spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
-                                  severities=cfg.severities)
+                                  severities=cfg.severities, weights=cfg.type_weights)
         lq, meta = degrade(win, spec["types"], spec["severity"] or 1, seed=spec["seed"])
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
