@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vlmir.models.encoder import DegradationAwareEncoder
 from vlmir.models.image_stats import N_BASIC_STATS, N_IMAGE_STATS
@@ -516,3 +517,106 @@ def test_model_card_states_data_command_and_numbers(tmp_path):
     assert "trained from scratch on 18 photos" in text.lower() and "not a general-purpose model" in text
     assert "python -m vlmir train rater --config X" in text and "-0.900" in text and "97.0%" in text
     assert "steps: 7" in text and "2.0 min" in text and "chelsea" in text
+
+
+def test_view_head_starts_as_the_mean_of_views_and_fits():
+    """A fresh ViewHead returns the views' averaged cosine logits exactly; fitted on summaries where only the max
+    over views carries the label (a degradation seen in one view), it learns what the mean of views misses."""
+    from vlmir.models.encoder import ViewHead
+    from vlmir.training.view_head import fit, top1
+
+    enc = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True, view_head=True).eval()
+    x = torch.rand(1, 3, 96, 160)
+    with torch.no_grad():
+        e = enc.embed(x)
+    assert torch.allclose(e["type_logits"], e["logits"], atol=1e-6)
+    k, d = len(CLASS_NAMES), 32
+    head = ViewHead(k, d, 0)
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    label = torch.randint(0, k, (n,), generator=g)
+    base = torch.randn(n, k, generator=g) * 0.1  # uninformative averaged logits
+    z = torch.randn(n, head.in_dim, generator=g)
+    z[torch.arange(n), k + label] += 3.0  # the "max over views" block holds the class
+    data = {"z": z, "base": base, "target": F.one_hot(label, k).float()}
+    before = top1(head, data)
+    assert before["top1"] == before["top1_plain"] < 0.3
+    fit(head, data, l2=1.0, iterations=100)
+    assert top1(head, data)["top1"] > 0.95
+    assert torch.allclose(head.shift, z.mean(0)) and head.linear.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="statistics per view"):
+        head.pool(torch.zeros(2, k), torch.zeros(2, d), torch.zeros(2, 5))
+
+
+def test_view_head_stage_keeps_the_towers_and_round_trips(tmp_path):
+    """``steps: 0`` + ``init_from`` + a ``view_head`` block: only the head changes; the exported encoder loads
+    with the head and classifies whole images with it."""
+    from safetensors.torch import load_file
+
+    from vlmir.models.embedded import load_encoder
+    from vlmir.training.train_encoder import train
+
+    base_cfg = _encoder_cfg(1)
+    base_cfg["model"] = {**TINY_ENCODER, "image_stats": True}
+    train(base_cfg, tmp_path / "base", progress=False)
+    cfg = dict(base_cfg, steps=0, init_from=str(tmp_path / "base" / "final"), init_skip=["view_head"],
+               train_only=["view_head"], model={**base_cfg["model"], "view_head": True},
+               data={**TINY_DATA, "window": [64, 140]},
+               view_head={"samples": 36, "folds": 3, "l2": [1.0, 10.0], "iterations": 30, "short_sides": [64, 100]})
+    logs = train(cfg, tmp_path / "head", progress=False)
+    assert logs["view_head_l2"] in (1.0, 10.0) and logs["view_head_images"] == 36
+    assert 0.0 <= logs["view_head_cv_top1"] <= 1.0 and 0.0 <= logs["view_head_cv_top1_plain"] <= 1.0
+    a = load_file(str(tmp_path / "base" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "head" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and set(b) - set(a) == {
+        "view_head.shift", "view_head.scale", "view_head.linear.weight", "view_head.linear.bias"}
+    assert b["view_head.linear.weight"].abs().sum() > 0
+    enc, rnd = load_encoder(tmp_path / "head" / "final", allow_random=False)
+    assert not rnd and enc.view_head is not None
+    with torch.no_grad():
+        e = enc.embed(torch.rand(1, 3, 100, 150))
+    assert not torch.allclose(e["type_logits"], e["logits"])
+    assert "view head: l2" in (tmp_path / "head" / "train.log").read_text()
+    from vlmir.training.card import write_card
+
+    card = write_card(tmp_path / "head" / "final", "encoder", {}, command="python -m vlmir train encoder").read_text()
+    assert "fits the view head alone on 36 whole training images" in card and "`view_head: true`" in card
+    assert "3-fold cross-validation grouped by photo" in card
+    with pytest.raises(ValueError, match="folds"):
+        train(dict(cfg, view_head={"folds": 1}), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="unknown keys"):
+        train(dict(cfg, view_head={"sample": 3}), tmp_path / "bad2", progress=False)
+    with pytest.raises(ValueError, match="'photos' or 'windows'"):
+        train(dict(cfg, view_head={"images": "crops"}), tmp_path / "bad3", progress=False)
+
+
+def test_photo_folds_keep_each_photo_in_one_fold():
+    from vlmir.training.view_head import photo_folds
+
+    photos = ["a", "b", "c", "a", "procedural", "b", "d", "procedural", "c"]
+    fold = photo_folds(photos, 2, seed=0).tolist()
+    for name in "abcd":
+        assert len({f for f, p in zip(fold, photos) if p == name}) == 1
+    assert set(fold) == {0, 1} and fold == photo_folds(photos, 2, seed=0).tolist()
+    with pytest.raises(ValueError, match="at least as many photos"):
+        photo_folds(["a", "b"], 3, seed=0)
+
+
+def test_whole_photo_and_window_samples():
+    """``sample_photos``: whole photos at the asked short sides (aspect kept), degraded as a whole;
+    ``sample_images``: uncropped square windows; both reproducible from the seed, with soft class targets."""
+    cfg = DataConfig(**{**TINY_DATA, "p_procedural": 0.0, "p_mixture": 0.0})
+    a = PairSampler(cfg, seed=2).sample_photos(8, short_sides=(80, 120))
+    b = PairSampler(cfg, seed=2).sample_photos(8, short_sides=(80, 120))
+    assert all(np.array_equal(x["lq"], y["lq"]) for x, y in zip(a, b))
+    assert {min(x["lq"].shape[:2]) for x in a} <= {80, 120} and any(max(x["lq"].shape[:2]) > 120 for x in a)
+    for x in a:
+        assert x["lq"].dtype == np.float32 and 0 <= x["lq"].min() and x["lq"].max() <= 1
+        names = [CLASS_NAMES[i] for i in np.flatnonzero(x["target"])]
+        assert names == (x["types"] or ["clear"]) and abs(x["target"].sum() - 1) < 1e-6
+        assert x["photo"] in TRAIN_PHOTOS
+    w = PairSampler(cfg, seed=2).sample_images(4)
+    assert all(x["lq"].shape[0] == x["lq"].shape[1] and 64 <= x["lq"].shape[0] <= 96 for x in w)
+    assert all(x["photo"] in TRAIN_PHOTOS for x in w)
+    with pytest.raises(ValueError, match="short_sides"):
+        PairSampler(cfg, seed=2).sample_photos(1, short_sides=())

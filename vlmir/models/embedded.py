@@ -158,7 +158,7 @@ class EmbeddedClassifier(EmbeddedEncoderModel):
     """Task ``classifier``: ``classify(x) -> {name: p}`` over DA-CLIP's ten names plus ``clear``."""
 
     def classify(self, x: torch.Tensor) -> dict[str, float]:
-        p = self.features(x)["logits"].softmax(-1)[0].tolist()
+        p = self.features(x)["type_logits"].softmax(-1)[0].tolist()
         return dict(zip(self.encoder.degradation_names, p, strict=True))
 
 
@@ -190,7 +190,7 @@ class EmbeddedRater(EmbeddedEncoderModel):
         """One sentence from the rating and the classifier's most likely degradation."""
         f = self.features(x)
         names = self.encoder.degradation_names
-        k = int(f["logits"].argmax(-1))
+        k = int(f["type_logits"].argmax(-1))
         rating = self.rate(x)
         level = max(rating["probs"], key=rating["probs"].get)
         what = "looks clear" if names[k] == "clear" else f"looks {names[k]}"
@@ -253,7 +253,7 @@ class EmbeddedRestorer:
     def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
         f = self.encoder.embed(x)
         cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
-        return cond, self.encoder.degradation_names[int(f["logits"].argmax(-1))]
+        return cond, self.encoder.degradation_names[int(f["type_logits"].argmax(-1))]
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor, cond: torch.Tensor, prior_type: str | None, ensemble: int) -> torch.Tensor:

@@ -24,6 +24,12 @@ Deviations, all forced by "no pretrained weights, two CPU cores":
   matched to the names' text embeddings by cosine, as in DA-CLIP.
 - Images of any size are embedded by averaging the embeddings of up to ``max_views`` 128 px crops taken at native
   resolution (degradation cues such as noise and JPEG blocks do not survive downscaling).
+- Optional (``view_head=True``): the image's type logits are the view-averaged cosine logits plus a linear
+  correction read from how the views differ (:class:`ViewHead`: mean, max and min over views of the logits and
+  statistics, mean and max of the normalised degradation embeddings). Some degradations show in only a few views
+  (a handful of raindrops, the edge of one cast shadow); the mean over views dilutes them. The correction is fitted
+  on whole training images after the towers (:mod:`vlmir.training.view_head`); with zero weights it is exactly
+  DA-CLIP's cosine classification.
 
 Example::
 
@@ -56,6 +62,53 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class ViewHead(nn.Module):
+    """Image-level type logits from the views of one image: ``mean_v(logits_v) + W z + b``.
+
+    ``z`` = (:meth:`pool` - ``shift``) / ``scale``, the standardised view summary: the mean, max and min over views
+    of the cosine logits (K each) and of the image statistics (S each), and the mean and max of the normalised
+    degradation embeddings (D each). ``shift`` and ``scale`` are buffers set when the head is fitted. ``W`` and ``b``
+    start at zero, so an unfitted head returns the plain view-averaged logits.
+
+    Args:
+        n_names: K, the class names.
+        embed_dim: D.
+        n_stats: S (0 without the statistics branch).
+    """
+
+    def __init__(self, n_names: int, embed_dim: int, n_stats: int = 0) -> None:
+        super().__init__()
+        self.in_dim = 3 * n_names + 3 * n_stats + 2 * embed_dim
+        self.n_stats = n_stats
+        self.register_buffer("shift", torch.zeros(self.in_dim))
+        self.register_buffer("scale", torch.ones(self.in_dim))
+        self.linear = nn.Linear(self.in_dim, n_names)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def pool(self, logits: torch.Tensor, degradation: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """The view summary (in_dim,) of one image's views: ``logits`` (V, K), ``degradation`` (V, D)
+        unnormalised, ``stats`` (V, S) when the head was built with statistics."""
+        if (stats is None) != (self.n_stats == 0):
+            raise ValueError(f"this view head expects {self.n_stats} statistics per view, got "
+                             f"{None if stats is None else tuple(stats.shape)}")
+        d = F.normalize(degradation, dim=-1)
+        parts = [logits.mean(0), logits.amax(0), logits.amin(0)]
+        if stats is not None:
+            parts += [stats.mean(0), stats.amax(0), stats.amin(0)]
+        return torch.cat(parts + [d.mean(0), d.amax(0)])
+
+    def correction(self, z: torch.Tensor) -> torch.Tensor:
+        """``W (z - shift) / scale + b`` for view summaries ``z`` (..., in_dim)."""
+        return self.linear((z - self.shift) / self.scale)
+
+    def forward(self, logits: torch.Tensor, degradation: torch.Tensor,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
+        """Type logits (1, K) of one image from its views' outputs (see :meth:`pool`)."""
+        z = self.pool(logits, degradation, stats)
+        return (logits.mean(0) + self.correction(z))[None]
+
+
 class DegradationAwareEncoder(nn.Module):
     """Content tower + controller (degradation tower) + text tower, all open_clip modules.
 
@@ -77,6 +130,7 @@ class DegradationAwareEncoder(nn.Module):
         stats_set: which statistics: ``"basic"`` (the first 14, :func:`~vlmir.models.image_stats.basic_statistics`;
             the default, so configs saved before the structure statistics existed load unchanged) or ``"full"``
             (all of :func:`~vlmir.models.image_stats.image_statistics`; the shipped encoder).
+        view_head: add a :class:`ViewHead` for the type logits of whole images (module docstring). Default False.
     """
 
     def __init__(
@@ -95,6 +149,7 @@ class DegradationAwareEncoder(nn.Module):
         init_logit_scale: float = math.log(1 / 0.07),
         image_stats: bool = False,
         stats_set: str = "basic",
+        view_head: bool = False,
     ) -> None:
         super().__init__()
         from open_clip.model import CLIP
@@ -122,6 +177,7 @@ class DegradationAwareEncoder(nn.Module):
             init_logit_scale=init_logit_scale,
             image_stats=bool(image_stats),
             stats_set=stats_set,
+            view_head=bool(view_head),
         )
         self.image_size = image_size
         self.image_stats = bool(image_stats)
@@ -151,6 +207,7 @@ class DegradationAwareEncoder(nn.Module):
                                             nn.GELU(), nn.Linear(64, embed_dim))
             nn.init.zeros_(self.stats_proj[-1].weight)
             nn.init.zeros_(self.stats_proj[-1].bias)
+        self.view_head = ViewHead(len(degradation_names), embed_dim, self.n_stats) if view_head else None
         self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("name_tokens", self.tokenize(self.degradation_names), persistent=False)
@@ -255,9 +312,12 @@ class DegradationAwareEncoder(nn.Module):
     @torch.no_grad()
     def embed(self, x: torch.Tensor, max_views: int = 9) -> dict[str, torch.Tensor]:
         """Embeddings of one image ``x`` (1, 3, H, W) of any size: view-averaged ``content``/``degradation`` (1, D)
-        (unnormalised), ``pooled`` (1, P) and ``logits`` (1, K) over :attr:`degradation_names`."""
+        (unnormalised), ``pooled`` (1, P), ``logits`` (1, K) over :attr:`degradation_names` (the mean of the views'
+        cosine logits) and ``type_logits`` (1, K), the image's classification: :class:`ViewHead`'s when the encoder
+        has one, else ``logits``."""
         f = self.forward_features(self.views(x, max_views))
-        logits = self.degradation_logits(f["degradation"]).mean(0, keepdim=True)
+        view_logits = self.degradation_logits(f["degradation"])
+        logits = view_logits.mean(0, keepdim=True)
         out = {
             "content": f["content"].mean(0, keepdim=True),
             "degradation": f["degradation"].mean(0, keepdim=True),
@@ -266,4 +326,6 @@ class DegradationAwareEncoder(nn.Module):
         }
         if "stats" in f:
             out["stats"] = f["stats"].mean(0, keepdim=True)
+        out["type_logits"] = (logits if self.view_head is None
+                              else self.view_head(view_logits, f["degradation"], f.get("stats")))
         return out

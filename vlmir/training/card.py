@@ -22,7 +22,7 @@ _WHAT = {
                 "the content tower through zero-initialised 1x1 convs; its attention pool is the degradation "
                 "embedding) + a 2-layer open_clip text tower over the degradation names. Classification = "
                 "softmax(s * cos(degradation embedding, text embedding of each name)) over DA-CLIP's ten names "
-                "plus `clear`, with s the learned CLIP temperature, averaged over up to nine 128 px crops.{stats}"),
+                "plus `clear`, with s the learned CLIP temperature, averaged over up to nine 128 px crops.{stats}{view}"),
     "restorer": ("embedded (restorer)",
                  "A NAFNet-style U-Net (`vlmir/models/restorer.py`) on a pixel-unshuffled input, FiLM-conditioned "
                  "on the frozen embedded encoder's content and degradation embeddings, predicting a residual{gate}. "
@@ -35,6 +35,10 @@ _WHAT = {
               "{stats}"),
 }
 
+_VIEW = (" An image's type is then read by a linear view head (`view_head: true`, "
+         "`vlmir/training/view_head.py`): the view-averaged logits plus W z + b, with z the standardised mean, max "
+         "and min over the views of the logits and statistics and the mean and max of the normalised degradation "
+         "embeddings; it is fitted after the towers, on whole training images at the inference geometry.")
 _GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
          False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
                 "returns a clean input unchanged"}
@@ -117,6 +121,21 @@ def _validation_md(kind: str, val: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _steps_line(cfg: dict[str, Any], train: dict[str, Any]) -> str:
+    steps = train.get("steps", cfg.get("steps"))
+    if "view_head" in cfg and not steps:  # a run that fits the view head alone, on frozen towers
+        vh = cfg["view_head"]
+        return (f"- no optimiser steps: the towers are frozen and this run fits the view head alone on "
+                f"{train.get('view_head_images', '?')} whole training images (L-BFGS), with the L2 weight "
+                f"{_fmt(train.get('view_head_l2', '?'))} chosen among {vh.get('l2')} by {vh.get('folds', 6)}-fold "
+                f"cross-validation grouped by photo: balanced top-1 (ten types and `clear`) "
+                f"{_fmt(train.get('view_head_cv_balanced', '?'))} against "
+                f"{_fmt(train.get('view_head_cv_balanced_plain', '?'))} for the plain mean of views; seed "
+                f"{cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
+    return (f"- steps: {steps}, batch size {cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} (cosine, warm-up "
+            f"{cfg.get('warmup')}), seed {cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
+
+
 def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *, command: str,
                notes: str = "") -> Path:
     """Write ``weights_dir/MODEL_CARD.md`` from its ``train_config.json``/``metrics.json`` and ``validation``."""
@@ -135,7 +154,8 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     gated = bool(model.get("gate", True))
     formula = "y = x + g(e) (m (p - x) + R(x, p, e))" if gated else "y = x + m (p - x) + R(x, p, e)"
     prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
-    what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated])
+    what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated],
+                       view=_VIEW if model.get("view_head") else "")
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [
@@ -158,9 +178,7 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
         f"- held out (never seen in training): {', '.join(HELDOUT_PHOTOS)}", "",
         "## Training run", "",
         f"- command: `{command}`",
-        f"- steps: {train.get('steps', cfg.get('steps'))}, batch size {cfg.get('batch_size')}, AdamW lr "
-        f"{cfg.get('lr')} (cosine, warm-up {cfg.get('warmup')}), seed {cfg.get('seed', 0)}, "
-        f"{cfg.get('threads', 1)} torch thread(s)",
+        _steps_line(cfg, train),
         f"- wall time: {train.get('wall_s', float('nan')) / 60:.1f} min on a shared 2-core CPU",
         "- last logged training values: " + ", ".join(f"{k} {_fmt(v)}" for k, v in train.items()
                                                     if k not in ("steps", "wall_s")),

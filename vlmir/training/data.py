@@ -157,6 +157,14 @@ def _jitter(img: np.ndarray, rng: np.random.Generator, grey: bool) -> np.ndarray
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def class_target(types: Sequence[str]) -> np.ndarray:
+    """Soft class label (K,) over :data:`CLASS_NAMES`: uniform over a mixture's types, ``clear`` when none."""
+    tgt = np.zeros(len(CLASS_NAMES), np.float32)
+    for name in types or [CLEAR]:
+        tgt[CLASS_NAMES.index(name)] = 1.0 / max(1, len(types))
+    return tgt
+
+
 class PairSampler:
     """Draws (clean, degraded) crops with their labels, reproducibly from ``seed``.
 
@@ -179,11 +187,12 @@ class PairSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def _window(self) -> np.ndarray:
+    def _window(self) -> tuple[np.ndarray, str]:
+        """A square training window and its source (a photo name or ``"procedural"``)."""
         cfg, rng = self.config, self.rng
         size = int(rng.integers(cfg.window[0], cfg.window[1] + 1))
         if rng.random() < cfg.p_procedural or not self.photos:
-            return procedural_image(rng, size)
+            return procedural_image(rng, size), "procedural"
         i = int(rng.integers(0, len(self.photos)))
         img = self.photos[i]
         h, w = img.shape[:2]
@@ -197,15 +206,63 @@ class PairSampler:
         win = img[y : y + size, x : x + size]
         if rng.random() < 0.5:
             win = win[:, ::-1]
-        return _jitter(np.ascontiguousarray(win), rng, self.grey[i])
+        return _jitter(np.ascontiguousarray(win), rng, self.grey[i]), self.config.photos[i]
+
+    def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
+        cfg = self.config
+        win, source = self._window()
+        spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
+                                  severities=cfg.severities, weights=cfg.type_weights)
+        lq, meta = degrade(win, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+        return win, lq, meta, source
+
+    def sample_images(self, n: int) -> list[dict]:
+        """``n`` whole degraded windows, uncropped (the geometry of an image the models see at inference): dicts
+        with ``lq`` float32 (S, S, 3) in [0, 1], S drawn from ``window``, ``target`` (K,) as in :meth:`sample`,
+        ``types`` and ``photo`` (the source photo's name, or ``"procedural"``)."""
+        out = []
+        for _ in range(n):
+            _, lq, meta, source = self._degraded_window()
+            out.append({"lq": lq, "target": class_target(meta["types"]), "types": list(meta["types"]),
+                        "photo": source})
+        return out
+
+    def sample_photos(self, n: int, short_sides: Sequence[int] = (256,)) -> list[dict]:
+        """``n`` whole photos degraded as a whole (the geometry of the held-out protocol and of a user's image):
+        a training photo resized so its short side is drawn from ``short_sides``, flipped, colour-jittered, or
+        with ``p_procedural`` a square procedural image of that side; degraded as :meth:`sample` draws. Dicts as
+        :meth:`sample_images`."""
+        cfg, rng = self.config, self.rng
+        if not short_sides or min(short_sides) < 16:
+            raise ValueError(f"short_sides must list sides >= 16 px, got {list(short_sides)}")
+        out = []
+        for _ in range(n):
+            side = int(short_sides[int(rng.integers(0, len(short_sides)))])
+            source = "procedural"
+            if rng.random() < cfg.p_procedural or not self.photos:
+                img = procedural_image(rng, side)
+            else:
+                i = int(rng.integers(0, len(self.photos)))
+                source = cfg.photos[i]
+                img = self.photos[i]
+                h, w = img.shape[:2]
+                f = side / min(h, w)
+                img = cv2.resize(img, (max(side, round(w * f)), max(side, round(h * f))),
+                                 interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+                if rng.random() < 0.5:
+                    img = img[:, ::-1]
+                img = _jitter(np.ascontiguousarray(img.clip(0, 1)), rng, self.grey[i])
+            spec = sample_degradation(rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
+                                      severities=cfg.severities, weights=cfg.type_weights)
+            lq, meta = degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+            out.append({"lq": lq, "target": class_target(meta["types"]), "types": list(meta["types"]),
+                        "photo": source})
+        return out
 
     def sample_one(self) -> tuple[np.ndarray, np.ndarray, list[str], int, int]:
         """One ``(clean crop, degraded crop, types, combined severity, visibility score)``."""
         cfg = self.config
-        win = self._window()
-        spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
-                                  severities=cfg.severities, weights=cfg.type_weights)
-        lq, meta = degrade(win, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+        win, lq, meta, _ = self._degraded_window()
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
@@ -218,10 +275,7 @@ class PairSampler:
             c, d, t, s, r = self.sample_one()
             clean.append(c)
             lq.append(d)
-            tgt = np.zeros(len(CLASS_NAMES), np.float32)
-            for name in t or [CLEAR]:
-                tgt[CLASS_NAMES.index(name)] = 1.0 / max(1, len(t))
-            target.append(tgt)
+            target.append(class_target(t))
             vis.append(r)
             sev.append(s)
             types.append(t)

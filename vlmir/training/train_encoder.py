@@ -18,6 +18,9 @@ Fine-tuning (``init_from``, ``init_skip``, ``train_only``: :func:`vlmir.training
 encoder's statistics branch is trained on top of frozen towers with ``train_only: ["stats_proj"]`` and
 ``content_weight: 0``. The towers, and so the content embedding, stay exactly as they were; only the degradation
 embedding changes.
+
+A ``view_head`` block fits the image-level :class:`~vlmir.models.encoder.ViewHead` after the steps (``steps: 0``
+with ``init_from`` fits it alone on a trained encoder): :mod:`vlmir.training.view_head`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from vlmir.training.common import (
     train_mode,
 )
 from vlmir.training.data import CLASS_NAMES, DataConfig, PairSampler
+from vlmir.training.view_head import fit_view_head
 
 
 def encoder_losses(model: torch.nn.Module, batch: dict, *, content_weight: float = 1.0,
@@ -141,6 +145,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
                    ckpt_path=ckpt_path, model=model, optimizer=opt, sampler=sampler)
     bar.close()
+    if "view_head" in cfg:  # after the towers: the image-level head (vlmir.training.view_head)
+        logs.update(fit_view_head(acc.unwrap_model(model), cfg, log, progress, out_dir=out_dir))
     final_step = max(step + 1, int(cfg.get("steps", 0))) if steps > 0 else 0
     return finish_run(final_step, logs, architecture="DegradationAwareEncoder", cfg=cfg, out_dir=out_dir,
                       export=export, log=log, timer=timer, acc=acc, ckpt_path=ckpt_path,
