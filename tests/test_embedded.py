@@ -196,6 +196,8 @@ def test_shipped_classifier_on_heldout_photo():
         warnings.simplefilter("error")  # no random-weights warning
         clf = create_model("embedded-classifier")
     assert clf.random_weights is False
+    head = clf.encoder.view_head  # the shipped encoder decides an image's type through its fitted view head
+    assert head is not None and float(head.linear.weight.detach().abs().sum()) > 0
     img = _chelsea()
     hits = {}
     for t in DEGRADATIONS:
