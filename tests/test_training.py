@@ -421,6 +421,39 @@ def test_rater_feature_bank_trains_and_resumes_exactly(tmp_path):
     assert other_bank.read_bytes() == before and (tmp_path / "e" / "feature_bank.pt").is_file()
 
 
+def test_rater_photo_bank_matches_inference_features(tmp_path):
+    """``bank_images: "photos"``: each bank row is the rater's input for a whole photo as
+    ``EmbeddedRater.rate`` builds it (view-averaged features and statistics), with its clean version; the head
+    trains on it; the bank's fingerprint differs from a crop bank's, so neither is reused for the other."""
+    from vlmir.models.embedded import load_encoder
+    from vlmir.models.rater import rater_features
+    from vlmir.training.train_encoder import train as train_encoder
+    from vlmir.training.train_rater import photo_feature_bank, train
+
+    train_encoder(_encoder_cfg(1), tmp_path / "enc", export=tmp_path / "encw", progress=False)
+    enc, _ = load_encoder(tmp_path / "encw", allow_random=False)
+    head = VisibilityHead(feature_dim=2 * 32 + len(CLASS_NAMES) + enc.pooled_dim, hidden=16)
+    cfg = DataConfig(**{**TINY_DATA, "p_procedural": 0.0})
+    bank = photo_feature_bank(head, enc, PairSampler(cfg, seed=4), 3, (80, 100), "cpu", progress=False)
+    item = PairSampler(cfg, seed=4).sample_photos(1, (80, 100))[0]
+    with torch.no_grad():
+        f = enc.embed(torch.from_numpy(item["lq"].transpose(2, 0, 1).copy())[None])
+        g = enc.embed(torch.from_numpy(item["clean"].transpose(2, 0, 1).copy())[None])
+    assert torch.allclose(bank["features"][0], rater_features(f)[0], atol=1e-5)
+    assert torch.allclose(bank["features_clean"][0], rater_features(g)[0], atol=1e-5)
+    assert bank["severity"][0] == item["severity"] and bank["visibility"][0] == item["visibility"]
+    run = {"kind": "rater", "encoder": str(tmp_path / "encw"), "steps": 3, "batch_size": 4, "lr": 1e-2,
+           "warmup": 1, "threads": 1, "log_every": 1, "checkpoint_every": 2, "feature_bank": 6,
+           "bank_images": "photos", "bank_short_sides": [80, 100], "rank_weight": 1.0,
+           "model": {"hidden": 16, "dropout": 0.0}, "data": TINY_DATA}
+    assert train(run, tmp_path / "p", progress=False)["steps"] == 3
+    assert "feature bank: 6 samples" in (tmp_path / "p" / "train.log").read_text()
+    train(dict(run, bank_images="crops", feature_bank_file=str(tmp_path / "p" / "feature_bank.pt")),
+          tmp_path / "q", progress=False)
+    assert "made differently (fingerprint); rebuilding" in (tmp_path / "q" / "train.log").read_text()
+    with pytest.raises(ValueError, match="bank_images"):
+        train(dict(run, bank_images="tiles"), tmp_path / "r", progress=False)
+
 def test_rater_severity_target():
     """``target: severity``: r* = 5 - 4c/5 keeps severities 4 and 5 apart (the engine's levels merge them), as a
     two-hot distribution whose mean is r*; a head trained towards it scores each severity step lower."""

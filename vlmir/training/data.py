@@ -165,6 +165,13 @@ def class_target(types: Sequence[str]) -> np.ndarray:
     return tgt
 
 
+def _image_item(clean: np.ndarray, lq: np.ndarray, meta: dict, source: str) -> dict:
+    """A whole-image sample (see :meth:`PairSampler.sample_images`)."""
+    sev = int(min(sum(meta["severity"]), 5)) if meta["types"] else 0
+    return {"lq": lq, "clean": clean, "target": class_target(meta["types"]), "types": list(meta["types"]),
+            "severity": sev, "visibility": int(meta["visibility_score"]), "photo": source}
+
+
 class PairSampler:
     """Draws (clean, degraded) crops with their labels, reproducibly from ``seed``.
 
@@ -218,14 +225,10 @@ class PairSampler:
 
     def sample_images(self, n: int) -> list[dict]:
         """``n`` whole degraded windows, uncropped (the geometry of an image the models see at inference): dicts
-        with ``lq`` float32 (S, S, 3) in [0, 1], S drawn from ``window``, ``target`` (K,) as in :meth:`sample`,
-        ``types`` and ``photo`` (the source photo's name, or ``"procedural"``)."""
-        out = []
-        for _ in range(n):
-            _, lq, meta, source = self._degraded_window()
-            out.append({"lq": lq, "target": class_target(meta["types"]), "types": list(meta["types"]),
-                        "photo": source})
-        return out
+        with ``lq`` and ``clean`` float32 (S, S, 3) in [0, 1], S drawn from ``window``, ``target`` (K,),
+        ``severity`` and ``visibility`` as in :meth:`sample`, ``types`` and ``photo`` (the source photo's name, or
+        ``"procedural"``)."""
+        return [_image_item(*self._degraded_window()) for _ in range(n)]
 
     def sample_photos(self, n: int, short_sides: Sequence[int] = (256,)) -> list[dict]:
         """``n`` whole photos degraded as a whole (the geometry of the held-out protocol and of a user's image):
@@ -255,19 +258,18 @@ class PairSampler:
             spec = sample_degradation(rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
                                       severities=cfg.severities, weights=cfg.type_weights)
             lq, meta = degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
-            out.append({"lq": lq, "target": class_target(meta["types"]), "types": list(meta["types"]),
-                        "photo": source})
+            out.append(_image_item(img, lq, meta, source))
         return out
 
     def sample_one(self) -> tuple[np.ndarray, np.ndarray, list[str], int, int]:
         """One ``(clean crop, degraded crop, types, combined severity, visibility score)``."""
         cfg = self.config
-        win, lq, meta, _ = self._degraded_window()
+        win, lq, meta, source = self._degraded_window()
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
-        sev = int(min(sum(meta["severity"]), 5)) if meta["types"] else 0
-        return win[sl], lq[sl], list(meta["types"]), sev, int(meta["visibility_score"])
+        item = _image_item(win, lq, meta, source)
+        return win[sl], lq[sl], item["types"], item["severity"], item["visibility"]
 
     def sample(self, n: int) -> dict:
         clean, lq, target, vis, sev, types = [], [], [], [], [], []

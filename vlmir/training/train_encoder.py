@@ -114,6 +114,9 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     model = DegradationAwareEncoder(**model_cfg)
     init_from(model, cfg, log)
     freeze_except(model, cfg.get("train_only"), log)
+    if model.view_head is not None and any(p.requires_grad for n, p in model.named_parameters()
+                                           if not n.startswith("view_head.")):
+        model.view_head.requires_grad_(False)  # fitted after the steps (view_head stage), never by their gradients
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 50))
     opt = torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.05)),
