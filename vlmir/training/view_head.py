@@ -73,7 +73,7 @@ def view_summaries(encoder: DegradationAwareEncoder, images: Iterable[dict], pro
 def fit(head: ViewHead, data: dict[str, torch.Tensor], l2: float, iterations: int = 300) -> float:
     """Fit ``head`` on ``data`` (from :func:`view_summaries`): sets ``shift``/``scale`` to the summaries' mean and
     standard deviation, then minimises ``CE(base + W z + b, target) + l2 * sum(W ** 2) / n`` by L-BFGS from zero.
-    Returns the final loss."""
+    Returns the loss at the end of the fit."""
     z, base, target = data["z"], data["base"], data["target"]
     if z.shape[0] < 2:
         raise ValueError(f"fitting a view head needs at least 2 images, got {z.shape[0]}")
@@ -88,15 +88,19 @@ def fit(head: ViewHead, data: dict[str, torch.Tensor], l2: float, iterations: in
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe")
     n = z.shape[0]
 
+    def objective() -> torch.Tensor:
+        logits = base + head.correction(z)
+        return torch.sum(-target * F.log_softmax(logits, -1), 1).mean() + l2 * head.linear.weight.pow(2).sum() / n
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logits = base + head.correction(z)
-        loss = torch.sum(-target * F.log_softmax(logits, -1), 1).mean() + l2 * head.linear.weight.pow(2).sum() / n
+        loss = objective()
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
-    return float(loss.detach())
+    opt.step(closure)  # returns the loss at the start; the end's is evaluated below
+    with torch.no_grad():
+        return float(objective())
 
 
 @torch.no_grad()
