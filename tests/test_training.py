@@ -624,6 +624,22 @@ def test_view_head_stage_keeps_the_towers_and_round_trips(tmp_path):
         train(dict(cfg, view_head={"images": "crops"}), tmp_path / "bad3", progress=False)
 
 
+def test_bank_fingerprint_ignores_the_view_head():
+    from vlmir.training.train_rater import bank_fingerprint
+
+    torch.manual_seed(0)
+    plain = DegradationAwareEncoder(**TINY_ENCODER)
+    with_head = DegradationAwareEncoder(**TINY_ENCODER, view_head=True)
+    with_head.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        with_head.view_head.linear.weight.fill_(0.5)
+    a, b = (bank_fingerprint(e, 8, 0, TINY_DATA, False) for e in (plain, with_head))
+    assert a == b
+    with torch.no_grad():
+        with_head.controller.attnpool.c_proj.bias.add_(1.0)
+    assert bank_fingerprint(with_head, 8, 0, TINY_DATA, False) != a
+
+
 def test_photo_folds_keep_each_photo_in_one_fold():
     from vlmir.training.view_head import photo_folds
 

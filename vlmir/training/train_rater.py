@@ -164,9 +164,13 @@ def photo_feature_bank(head: VisibilityHead, encoder: torch.nn.Module, sampler: 
 def bank_fingerprint(encoder: torch.nn.Module, n: int, seed: int, data_cfg: dict[str, Any],
                      image_stats: bool) -> dict[str, Any]:
     """What a feature bank depends on: N, the sampler seed, the data config, the statistics flag and a SHA-1 of
-    the encoder's weights (so a bank is never reused with another encoder)."""
+    the encoder's weights (so a bank is never reused with another encoder). The view head's tensors are left out:
+    neither the rater's features nor the view summaries go through it, so fitting a view head does not
+    invalidate a bank of the same towers."""
     h = hashlib.sha1()
     for k, v in sorted(encoder.state_dict().items()):
+        if k.startswith("view_head."):
+            continue
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return {"n": int(n), "seed": int(seed), "data": json.loads(json.dumps(data_cfg, sort_keys=True)),
