@@ -640,6 +640,21 @@ def test_bank_fingerprint_ignores_the_view_head():
     assert bank_fingerprint(with_head, 8, 0, TINY_DATA, False) != a
 
 
+def test_p_highlights_over_exposes_some_photos():
+    """``p_highlights``: over-exposed photos (clipped natural whites, seen clean); 0 draws exactly as before."""
+    base = {**TINY_DATA, "p_procedural": 0.0, "p_clean": 1.0}
+    plain = PairSampler(DataConfig(**base), seed=5).sample_photos(12, (64,))
+    same = PairSampler(DataConfig(**base, p_highlights=0.0), seed=5).sample_photos(12, (64,))
+    assert all(np.array_equal(a["lq"], b["lq"]) for a, b in zip(plain, same))
+    bright = PairSampler(DataConfig(**base, p_highlights=1.0), seed=5).sample_photos(12, (64,))
+    def clipped(items):  # mean share of pixels white in every channel
+        return np.mean([float((x["lq"].min(2) >= 0.999).mean()) for x in items])
+
+    assert clipped(bright) > clipped(plain) + 0.02
+    assert all(x["types"] == [] for x in bright)  # clean: the whites are not holes
+    with pytest.raises(ValueError, match="p_highlights"):
+        DataConfig(p_highlights=1.5)
+
 def test_photo_folds_keep_each_photo_in_one_fold():
     from vlmir.training.view_head import photo_folds
 

@@ -118,6 +118,9 @@ class DataConfig:
         severities: severities drawn uniformly per type.
         type_weights: relative sampling weight per type name (others weigh 1), to show hard types more often;
             ``None`` draws types uniformly.
+        p_highlights: probability that a photo is over-exposed (gain 1.2-1.6, clipped), so that clipped natural
+            whites are seen clean and not only as the engine's white holes. 0 (the default) draws nothing extra,
+            so older configs give the same samples.
         photos: training photo names (default :data:`TRAIN_PHOTOS`).
     """
 
@@ -130,6 +133,7 @@ class DataConfig:
     p_procedural: float = 0.1
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     type_weights: dict[str, float] | None = None
+    p_highlights: float = 0.0
     photos: tuple[str, ...] = field(default_factory=lambda: TRAIN_PHOTOS)
 
     def __post_init__(self) -> None:
@@ -137,6 +141,8 @@ class DataConfig:
         self.scale = tuple(self.scale)
         self.severities = tuple(self.severities)
         self.photos = tuple(self.photos)
+        if not 0.0 <= float(self.p_highlights) <= 1.0:
+            raise ValueError(f"p_highlights must be a probability in [0, 1], got {self.p_highlights!r}")
         if self.type_weights is not None:
             self.type_weights = {str(k): float(v) for k, v in self.type_weights.items()}
             sample_degradation(np.random.default_rng(0), weights=self.type_weights)  # the same checks, now
@@ -147,10 +153,12 @@ class DataConfig:
             raise ValueError(f"held-out photos {bad} cannot be training photos")
 
 
-def _jitter(img: np.ndarray, rng: np.random.Generator, grey: bool) -> np.ndarray:
+def _jitter(img: np.ndarray, rng: np.random.Generator, grey: bool, p_highlights: float = 0.0) -> np.ndarray:
     if grey:  # tint a grey photo so colour statistics vary
         img = img * rng.uniform(0.6, 1.0, 3).astype(np.float32) + rng.uniform(0, 0.2, 3).astype(np.float32)
     gain = rng.uniform(0.8, 1.15)
+    if p_highlights > 0 and rng.random() < p_highlights:  # over-exposed: natural clipped whites (not holes)
+        gain = rng.uniform(1.2, 1.6)
     sat = rng.uniform(0.7, 1.2)
     mean = img.mean(axis=2, keepdims=True)
     img = (mean + (img - mean) * sat) * gain
@@ -213,7 +221,7 @@ class PairSampler:
         win = img[y : y + size, x : x + size]
         if rng.random() < 0.5:
             win = win[:, ::-1]
-        return _jitter(np.ascontiguousarray(win), rng, self.grey[i]), self.config.photos[i]
+        return _jitter(np.ascontiguousarray(win), rng, self.grey[i], cfg.p_highlights), self.config.photos[i]
 
     def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
         cfg = self.config
@@ -254,7 +262,7 @@ class PairSampler:
                                  interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
-                img = _jitter(np.ascontiguousarray(img.clip(0, 1)), rng, self.grey[i])
+                img = _jitter(np.ascontiguousarray(img.clip(0, 1)), rng, self.grey[i], cfg.p_highlights)
             spec = sample_degradation(rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
                                       severities=cfg.severities, weights=cfg.type_weights)
             lq, meta = degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
