@@ -645,7 +645,7 @@ def test_p_highlights_over_exposes_some_photos():
     base = {**TINY_DATA, "p_procedural": 0.0, "p_clean": 1.0}
     plain = PairSampler(DataConfig(**base), seed=5).sample_photos(12, (64,))
     same = PairSampler(DataConfig(**base, p_highlights=0.0), seed=5).sample_photos(12, (64,))
-    assert all(np.array_equal(a["lq"], b["lq"]) for a, b in zip(plain, same))
+    assert all(np.array_equal(a["lq"], b["lq"]) for a, b in zip(plain, same, strict=True))
     bright = PairSampler(DataConfig(**base, p_highlights=1.0), seed=5).sample_photos(12, (64,))
     def clipped(items):  # mean share of pixels white in every channel
         return np.mean([float((x["lq"].min(2) >= 0.999).mean()) for x in items])
@@ -661,7 +661,7 @@ def test_photo_folds_keep_each_photo_in_one_fold():
     photos = ["a", "b", "c", "a", "procedural", "b", "d", "procedural", "c"]
     fold = photo_folds(photos, 2, seed=0).tolist()
     for name in "abcd":
-        assert len({f for f, p in zip(fold, photos) if p == name}) == 1
+        assert len({f for f, p in zip(fold, photos, strict=True) if p == name}) == 1
     assert set(fold) == {0, 1} and fold == photo_folds(photos, 2, seed=0).tolist()
     with pytest.raises(ValueError, match="at least as many photos"):
         photo_folds(["a", "b"], 3, seed=0)
@@ -673,7 +673,7 @@ def test_whole_photo_and_window_samples():
     cfg = DataConfig(**{**TINY_DATA, "p_procedural": 0.0, "p_mixture": 0.0})
     a = PairSampler(cfg, seed=2).sample_photos(8, short_sides=(80, 120))
     b = PairSampler(cfg, seed=2).sample_photos(8, short_sides=(80, 120))
-    assert all(np.array_equal(x["lq"], y["lq"]) for x, y in zip(a, b))
+    assert all(np.array_equal(x["lq"], y["lq"]) for x, y in zip(a, b, strict=True))
     assert {min(x["lq"].shape[:2]) for x in a} <= {80, 120} and any(max(x["lq"].shape[:2]) > 120 for x in a)
     for x in a:
         assert x["lq"].dtype == np.float32 and 0 <= x["lq"].min() and x["lq"].max() <= 1
