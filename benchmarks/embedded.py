@@ -1,9 +1,8 @@
 """Latency and peak memory of the embedded default models at 512x512 on this CPU.
 
-``python benchmarks/embedded.py [--size 512] [--runs 5] [--threads 2] [--ensembles 1,2] [--json OUT]`` prints, per
-task, the median
-wall time of ``restore``, ``classify`` and ``rate`` over ``--runs`` runs after one warm-up, the peak Python heap
-growth during one call (``tracemalloc``; torch's own buffers are not traced) and the process's peak resident set
+``python benchmarks/embedded.py [--size 512] [--runs 5] [--threads 2] [--ensembles 1,2] [--json OUT]`` prints,
+per task, the median wall time of ``restore``, ``classify`` and ``rate`` over ``--runs`` runs after one warm-up, the
+peak Python heap growth during one call (``tracemalloc``; torch's own buffers are not traced) and the process's peak resident set
 size (``resource.getrusage``, which includes the models and the interpreter).
 
 The input is scikit-image's astronaut at ``--size`` px, clean and degraded by each of the ten types (severity 3,
@@ -76,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     runs += [("classifier", "embedded-classifier", "classify", None), ("rater", "embedded-rater", "rate", None)]
     models: dict = {}
     for task, name, method, ensemble in runs:
-        model = models.setdefault(name, create_model(name))
+        if name not in models:  # one load per model, shared by its runs
+            models[name] = create_model(name)
+        model = models[name]
         fn = getattr(model, method)
         if ensemble is not None:
             fn = lambda x, fn=fn, e=ensemble: fn(x, ensemble=e)  # noqa: E731

@@ -44,6 +44,17 @@ def rater_features(f: dict[str, torch.Tensor], stats: torch.Tensor | None = None
     return torch.cat(parts + ([stats] if stats is not None else []), dim=-1)
 
 
+
+def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool) -> torch.Tensor:
+    """The head's input (1, F) for one whole image ``x`` (1, 3, H, W) in [0, 1], as the rater sees it: the
+    encoder's view-averaged outputs (``DegradationAwareEncoder.embed``) and, with ``image_stats``, the
+    statistics averaged over the same views."""
+    f = encoder.embed(x)
+    stats = None
+    if image_stats:
+        stats = f["stats"] if "stats" in f else image_statistics(encoder.views(x)).mean(0, keepdim=True)
+    return rater_features(f, stats)
+
 class VisibilityHead(nn.Module):
     """MLP from encoder features to five visibility-level logits (bad..excellent).
 

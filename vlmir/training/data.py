@@ -153,6 +153,10 @@ class DataConfig:
             raise ValueError(f"held-out photos {bad} cannot be training photos")
 
 
+# short sides of the whole photos drawn for fits on the inference geometry (the view head, a photo feature bank)
+WHOLE_PHOTO_SIDES: tuple[int, ...] = (192, 224, 256, 256, 320, 384)
+
+
 def _jitter(img: np.ndarray, rng: np.random.Generator, grey: bool, p_highlights: float = 0.0) -> np.ndarray:
     if grey:  # tint a grey photo so colour statistics vary
         img = img * rng.uniform(0.6, 1.0, 3).astype(np.float32) + rng.uniform(0, 0.2, 3).astype(np.float32)
@@ -173,11 +177,16 @@ def class_target(types: Sequence[str]) -> np.ndarray:
     return tgt
 
 
+def _combined_severity(meta: dict) -> int:
+    """The combined severity of a :func:`~vlmir.degradations.degrade` result: the sum over its types, at most 5
+    (0 clean)."""
+    return int(min(sum(meta["severity"]), 5)) if meta["types"] else 0
+
+
 def _image_item(clean: np.ndarray, lq: np.ndarray, meta: dict, source: str) -> dict:
     """A whole-image sample (see :meth:`PairSampler.sample_images`)."""
-    sev = int(min(sum(meta["severity"]), 5)) if meta["types"] else 0
     return {"lq": lq, "clean": clean, "target": class_target(meta["types"]), "types": list(meta["types"]),
-            "severity": sev, "visibility": int(meta["visibility_score"]), "photo": source}
+            "severity": _combined_severity(meta), "visibility": int(meta["visibility_score"]), "photo": source}
 
 
 class PairSampler:
@@ -272,12 +281,11 @@ class PairSampler:
     def sample_one(self) -> tuple[np.ndarray, np.ndarray, list[str], int, int]:
         """One ``(clean crop, degraded crop, types, combined severity, visibility score)``."""
         cfg = self.config
-        win, lq, meta, source = self._degraded_window()
+        win, lq, meta, _ = self._degraded_window()
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
-        item = _image_item(win, lq, meta, source)
-        return win[sl], lq[sl], item["types"], item["severity"], item["visibility"]
+        return win[sl], lq[sl], list(meta["types"]), _combined_severity(meta), int(meta["visibility_score"])
 
     def sample(self, n: int) -> dict:
         clean, lq, target, vis, sev, types = [], [], [], [], [], []

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmir.models.rater import N_IMAGE_STATS, VisibilityHead, image_statistics, rater_features
+from vlmir.models.rater import N_IMAGE_STATS, VisibilityHead, image_rater_features, image_statistics, rater_features
 from vlmir.training.common import (
     Timer,
     after_step,
@@ -57,7 +57,7 @@ from vlmir.training.common import (
     setup_logger,
     unwrap,
 )
-from vlmir.training.data import DataConfig, PairSampler
+from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 
 TARGETS = ("engine", "severity")
 
@@ -144,11 +144,7 @@ def photo_feature_bank(head: VisibilityHead, encoder: torch.nn.Module, sampler: 
 
     def one(img: Any) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float().to(device)
-        f = encoder.embed(x)
-        stats = None
-        if head.image_stats:
-            stats = f["stats"] if "stats" in f else image_statistics(encoder.views(x)).mean(0, keepdim=True)
-        return rater_features(f, stats)[0]
+        return image_rater_features(encoder, x, head.image_stats)[0]
 
     feats, clean, vis, sev = [], [], [], []
     for _ in tqdm(range(n), desc="feature bank (photos)", disable=not progress):
@@ -265,7 +261,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         bank_images = str(cfg.get("bank_images", "crops"))
         if bank_images not in ("crops", "photos"):
             raise ValueError(f"bank_images must be 'crops' or 'photos', got {bank_images!r}")
-        sides = [int(v) for v in cfg.get("bank_short_sides", [192, 224, 256, 256, 320, 384])]
+        sides = [int(v) for v in cfg.get("bank_short_sides", WHOLE_PHOTO_SIDES)]
         made_of = data_cfg if bank_images == "crops" else {**data_cfg, "bank_images": bank_images,
                                                            "bank_short_sides": sides}
         fingerprint = bank_fingerprint(encoder, n_bank, bank_seed, made_of, head.image_stats)

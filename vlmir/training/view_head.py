@@ -31,8 +31,8 @@ The block (all keys optional)::
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from vlmir.models.encoder import DegradationAwareEncoder, ViewHead
-from vlmir.training.data import DataConfig, PairSampler
+from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 from vlmir.training.train_rater import bank_fingerprint, load_or_build_bank
 
 DEFAULTS = {"samples": 4200, "folds": 6, "l2": [1.0, 5.0, 20.0, 50.0, 200.0], "iterations": 300, "images": "photos",
-            "short_sides": [192, 224, 256, 256, 320, 384]}
+            "short_sides": list(WHOLE_PHOTO_SIDES)}
 
 
 @torch.no_grad()
