@@ -26,8 +26,9 @@ Deviations, all forced by "no pretrained weights, two CPU cores":
   resolution (degradation cues such as noise and JPEG blocks do not survive downscaling).
 - Optional (``view_head=True``): the image's type logits are the view-averaged cosine logits plus a linear
   correction read from how the views differ (:class:`ViewHead`: mean, max and min over views of the logits and
-  statistics, mean and max of the normalised degradation embeddings). Some degradations show in only a few views
-  (a handful of raindrops, the edge of one cast shadow); the mean over views dilutes them. The correction is fitted
+  statistics, mean and max of the normalised degradation embeddings; with ``view_head_holes=True`` also of the
+  views' hole statistics). Some degradations show in only a few views (a handful of raindrops, the edge of one cast
+  shadow); the mean over views dilutes them. The correction is fitted
   on whole training images after the towers (:mod:`vlmir.training.view_head`); with zero weights it is exactly
   DA-CLIP's cosine classification.
 
@@ -49,7 +50,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmir.constants import DEGRADATIONS_AND_CLEAR
-from vlmir.models.image_stats import N_BASIC_STATS, N_IMAGE_STATS, basic_statistics, image_statistics
+from vlmir.models.image_stats import (
+    N_BASIC_STATS,
+    N_HOLE_STATS,
+    N_IMAGE_STATS,
+    basic_statistics,
+    hole_statistics,
+    image_statistics,
+)
 
 # statistics sets of the ``image_stats`` branch: name -> (function, count)
 STATS_SETS = {"basic": (basic_statistics, N_BASIC_STATS), "full": (image_statistics, N_IMAGE_STATS)}
@@ -66,46 +74,52 @@ class ViewHead(nn.Module):
     """Image-level type logits from the views of one image: ``mean_v(logits_v) + W z + b``.
 
     ``z`` = (:meth:`pool` - ``shift``) / ``scale``, the standardised view summary: the mean, max and min over views
-    of the cosine logits (K each) and of the image statistics (S each), and the mean and max of the normalised
-    degradation embeddings (D each). ``shift`` and ``scale`` are buffers set when the head is fitted. ``W`` and ``b``
+    of the cosine logits (K each), of the image statistics (S each) and of the hole statistics (H each,
+    :func:`~vlmir.models.image_stats.hole_statistics`), and the mean and max of the normalised degradation
+    embeddings (D each). ``shift`` and ``scale`` are buffers set when the head is fitted. ``W`` and ``b``
     start at zero, so an unfitted head returns the plain view-averaged logits.
 
     Args:
         n_names: K, the class names.
         embed_dim: D.
         n_stats: S (0 without the statistics branch).
+        n_holes: H (0 without the hole statistics).
     """
 
-    def __init__(self, n_names: int, embed_dim: int, n_stats: int = 0) -> None:
+    def __init__(self, n_names: int, embed_dim: int, n_stats: int = 0, n_holes: int = 0) -> None:
         super().__init__()
-        self.in_dim = 3 * n_names + 3 * n_stats + 2 * embed_dim
+        self.in_dim = 3 * n_names + 3 * n_stats + 3 * n_holes + 2 * embed_dim
         self.n_stats = n_stats
+        self.n_holes = n_holes
         self.register_buffer("shift", torch.zeros(self.in_dim))
         self.register_buffer("scale", torch.ones(self.in_dim))
         self.linear = nn.Linear(self.in_dim, n_names)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def pool(self, logits: torch.Tensor, degradation: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(self, logits: torch.Tensor, degradation: torch.Tensor, stats: torch.Tensor | None = None,
+             holes: torch.Tensor | None = None) -> torch.Tensor:
         """The view summary (in_dim,) of one image's views: ``logits`` (V, K), ``degradation`` (V, D)
-        unnormalised, ``stats`` (V, S) when the head was built with statistics."""
-        if (stats is None) != (self.n_stats == 0):
-            raise ValueError(f"this view head expects {self.n_stats} statistics per view, got "
-                             f"{None if stats is None else tuple(stats.shape)}")
+        unnormalised, ``stats`` (V, S) and ``holes`` (V, H) when the head was built with them."""
+        for name, value, n in (("statistics", stats, self.n_stats), ("hole statistics", holes, self.n_holes)):
+            if (value is None) != (n == 0):
+                raise ValueError(f"this view head expects {n} {name} per view, got "
+                                 f"{None if value is None else tuple(value.shape)}")
         d = F.normalize(degradation, dim=-1)
         parts = [logits.mean(0), logits.amax(0), logits.amin(0)]
-        if stats is not None:
-            parts += [stats.mean(0), stats.amax(0), stats.amin(0)]
+        for value in (stats, holes):
+            if value is not None:
+                parts += [value.mean(0), value.amax(0), value.amin(0)]
         return torch.cat(parts + [d.mean(0), d.amax(0)])
 
     def correction(self, z: torch.Tensor) -> torch.Tensor:
         """``W (z - shift) / scale + b`` for view summaries ``z`` (..., in_dim)."""
         return self.linear((z - self.shift) / self.scale)
 
-    def forward(self, logits: torch.Tensor, degradation: torch.Tensor,
-                stats: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, degradation: torch.Tensor, stats: torch.Tensor | None = None,
+                holes: torch.Tensor | None = None) -> torch.Tensor:
         """Type logits (1, K) of one image from its views' outputs (see :meth:`pool`)."""
-        z = self.pool(logits, degradation, stats)
+        z = self.pool(logits, degradation, stats, holes)
         return (logits.mean(0) + self.correction(z))[None]
 
 
@@ -131,6 +145,9 @@ class DegradationAwareEncoder(nn.Module):
             the default, so configs saved before the structure statistics existed load unchanged) or ``"full"``
             (all of :func:`~vlmir.models.image_stats.image_statistics`; the shipped encoder).
         view_head: add a :class:`ViewHead` for the type logits of whole images (module docstring). Default False.
+        view_head_holes: the view head also reads the views' hole statistics
+            (:func:`~vlmir.models.image_stats.hole_statistics`: white regions with hard edges, which the towers confuse
+            with clipped natural whites). Default False, so encoders saved before it existed load unchanged.
     """
 
     def __init__(
@@ -150,6 +167,7 @@ class DegradationAwareEncoder(nn.Module):
         image_stats: bool = False,
         stats_set: str = "basic",
         view_head: bool = False,
+        view_head_holes: bool = False,
     ) -> None:
         super().__init__()
         from open_clip.model import CLIP
@@ -178,6 +196,7 @@ class DegradationAwareEncoder(nn.Module):
             image_stats=bool(image_stats),
             stats_set=stats_set,
             view_head=bool(view_head),
+            view_head_holes=bool(view_head_holes),
         )
         self.image_size = image_size
         self.image_stats = bool(image_stats)
@@ -207,7 +226,10 @@ class DegradationAwareEncoder(nn.Module):
                                             nn.GELU(), nn.Linear(64, embed_dim))
             nn.init.zeros_(self.stats_proj[-1].weight)
             nn.init.zeros_(self.stats_proj[-1].bias)
-        self.view_head = ViewHead(len(degradation_names), embed_dim, self.n_stats) if view_head else None
+        if view_head_holes and not view_head:
+            raise ValueError("view_head_holes needs view_head=True")
+        self.view_head = (ViewHead(len(degradation_names), embed_dim, self.n_stats,
+                                   N_HOLE_STATS if view_head_holes else 0) if view_head else None)
         self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("name_tokens", self.tokenize(self.degradation_names), persistent=False)
@@ -315,7 +337,8 @@ class DegradationAwareEncoder(nn.Module):
         (unnormalised), ``pooled`` (1, P), ``logits`` (1, K) over :attr:`degradation_names` (the mean of the views'
         cosine logits) and ``type_logits`` (1, K), the image's classification: :class:`ViewHead`'s when the encoder
         has one, else ``logits``."""
-        f = self.forward_features(self.views(x, max_views))
+        views = self.views(x, max_views)
+        f = self.forward_features(views)
         view_logits = self.degradation_logits(f["degradation"])
         logits = view_logits.mean(0, keepdim=True)
         out = {
@@ -327,5 +350,11 @@ class DegradationAwareEncoder(nn.Module):
         if "stats" in f:
             out["stats"] = f["stats"].mean(0, keepdim=True)
         out["type_logits"] = (logits if self.view_head is None
-                              else self.view_head(view_logits, f["degradation"], f.get("stats")))
+                              else self.view_head(view_logits, f["degradation"], f.get("stats"), self.view_holes(views)))
         return out
+
+    def view_holes(self, views: torch.Tensor) -> torch.Tensor | None:
+        """The hole statistics (V, H) of ``views`` when the view head reads them, else None."""
+        if self.view_head is None or not self.view_head.n_holes:
+            return None
+        return hole_statistics(views)

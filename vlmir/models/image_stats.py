@@ -143,3 +143,30 @@ def structure_statistics(x: torch.Tensor) -> torch.Tensor:
         (black > 0.1).float().mean(1), coherence, skew, kurt, dark_share, low_tail, softness, smooth_share,
         chroma_corr, white_flat,
     ], dim=1)
+
+
+N_HOLE_STATS = 3
+HOLE_WHITE = 0.998  # the engine fills holes with exactly 1.0 (vlmir.degradations.inpaint.FILL), after the codec
+
+
+def hole_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Evidence of filled holes (B, :data:`N_HOLE_STATS`) in images ``x`` (B, 3, H, W) in [0, 1].
+
+    A hole is a region of constant white in every channel with a hard edge: the content next to it is whatever
+    the scene was. A clipped highlight (a sunlit wall, an over-exposed shirt) is white as well, but it fades into
+    bright surroundings. Per image: log share of white pixels (min over RGB >= :data:`HOLE_WHITE`); log share of
+    hard-edge pixels (non-white 8-neighbours of white pixels whose luminance is below 0.8); the mean luminance drop
+    ``1 - lum`` over all non-white 8-neighbours of white pixels (0 without white).
+    """
+    _check(x)
+    x = x.float().clamp(0, 1)
+    white = (x.amin(1, keepdim=True) >= HOLE_WHITE).float()
+    ring = (_dilate(white, 3) - white).clamp_min(0)
+    drop = (1 - _luminance(x)) * ring
+    eps = 1e-4
+    n_ring = ring.flatten(1).sum(1)
+    return torch.stack([
+        torch.log(white.flatten(1).mean(1) + eps),
+        torch.log((drop > 0.2).float().flatten(1).mean(1) + eps),
+        drop.flatten(1).sum(1) / n_ring.clamp_min(1),
+    ], dim=1)

@@ -62,9 +62,10 @@ def view_summaries(encoder: DegradationAwareEncoder, images: Iterable[dict], pro
     zs, base, target = [], [], []
     for item in tqdm(images, desc=desc, total=total, disable=not progress):
         x = torch.from_numpy(np.ascontiguousarray(item["lq"].transpose(2, 0, 1)))[None].float().to(dev)
-        f = encoder.forward_features(encoder.views(x))
+        views = encoder.views(x)
+        f = encoder.forward_features(views)
         logits = encoder.degradation_logits(f["degradation"])
-        zs.append(head.pool(logits, f["degradation"], f.get("stats")))
+        zs.append(head.pool(logits, f["degradation"], f.get("stats"), encoder.view_holes(views)))
         base.append(logits.mean(0))
         target.append(torch.as_tensor(item["target"]))
     return {"z": torch.stack(zs), "base": torch.stack(base), "target": torch.stack(target).to(dev)}
@@ -171,8 +172,10 @@ def fit_view_head(encoder: DegradationAwareEncoder, cfg: dict[str, Any], log: lo
 
     # the summaries depend on the frozen encoder and the draw only: saved, and reused by a rerun that only
     # changes the L2 weights or the fit (the rater's feature-bank mechanism)
+    head_holes = encoder.view_head.n_holes if encoder.view_head is not None else 0
     fingerprint = bank_fingerprint(encoder, n, seed + 5000, {**data_cfg, "images": opts["images"],
-                                   "short_sides": sides, "folds": folds}, encoder.image_stats)
+                                   "short_sides": sides, "folds": folds,
+                                   **({"holes": head_holes} if head_holes else {})}, encoder.image_stats)
     saved = Path(out_dir) / "view_summaries.pt" if out_dir is not None else None
     if saved is None:
         data = build()
