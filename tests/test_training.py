@@ -685,3 +685,122 @@ def test_whole_photo_and_window_samples():
     assert all(x["photo"] in TRAIN_PHOTOS for x in w)
     with pytest.raises(ValueError, match="short_sides"):
         PairSampler(cfg, seed=2).sample_photos(1, short_sides=())
+
+
+def test_hole_statistics_tell_filled_holes_from_clipped_whites():
+    """A white box cut into a mid-grey scene has a hard edge (big luminance drop next to it); an over-exposed
+    region fades into bright surroundings (small drop); no white at all gives the floor values."""
+    from vlmir.models.image_stats import N_HOLE_STATS, hole_statistics
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    scene = (0.3 + 0.2 * xx).expand(3, 64, 64).clone()
+    holed = scene.clone()
+    holed[:, 20:36, 20:36] = 1.0
+    glare = (1.35 - 0.5 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2).sqrt() * 3).clamp(0, 1).expand(3, 64, 64)
+    s = hole_statistics(torch.stack([scene, holed, glare]))
+    assert s.shape == (3, N_HOLE_STATS)
+    assert s[0].tolist() == pytest.approx([np.log(1e-4), np.log(1e-4), 0.0], abs=1e-6)
+    assert s[1, 0] == pytest.approx(np.log(16 * 16 / 64**2 + 1e-4), abs=1e-4)
+    assert s[1, 1] == pytest.approx(np.log(68 / 64**2 + 1e-4), abs=1e-4)  # the 18 x 18 - 16 x 16 ring
+    assert 0.5 < s[1, 2] < 0.7 and s[2, 2] < 0.05 and s[2, 0] > s[1, 0] and s[2, 1] == pytest.approx(np.log(1e-4))
+
+
+def test_view_head_reads_hole_statistics():
+    """``view_head_holes``: the head's summary grows by the pooled hole statistics, an unfitted head is still the
+    plain classifier, a summary without them is refused, and the option needs a view head."""
+    from vlmir.models.image_stats import N_HOLE_STATS, hole_statistics
+
+    plain = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True, view_head=True)
+    enc = DegradationAwareEncoder(**TINY_ENCODER, image_stats=True, view_head=True, view_head_holes=True).eval()
+    assert enc.view_head.in_dim == plain.view_head.in_dim + 3 * N_HOLE_STATS and enc.config["view_head_holes"]
+    x = torch.rand(1, 3, 96, 160)
+    x[..., 10:40, 10:60] = 1.0
+    with torch.no_grad():
+        e = enc.embed(x)
+        views = enc.views(x)
+        f = enc.forward_features(views)
+        z = enc.view_head.pool(enc.degradation_logits(f["degradation"]), f["degradation"], f["stats"],
+                               enc.view_holes(views))
+    assert torch.allclose(e["type_logits"], e["logits"], atol=1e-6)
+    h = hole_statistics(views)
+    k, s = len(CLASS_NAMES), enc.n_stats
+    assert torch.allclose(z[3 * k + 3 * s : 3 * k + 3 * s + 3 * N_HOLE_STATS], torch.cat([h.mean(0), h.amax(0), h.amin(0)]))
+    with pytest.raises(ValueError, match="hole statistics per view"):
+        enc.view_head.pool(torch.zeros(2, k), torch.zeros(2, 32), torch.zeros(2, s))
+    assert plain.view_holes(views) is None
+    with pytest.raises(ValueError, match="needs view_head"):
+        DegradationAwareEncoder(**TINY_ENCODER, view_head_holes=True)
+
+
+def test_ring_filter_is_an_isotropic_convolution():
+    from vlmir.models.restorer import RingFilter
+
+    ring = RingFilter(2)
+    x = torch.rand(2, 3, 20, 24)
+    assert torch.allclose(ring(x), x, atol=1e-6)  # the identity until fitted
+    ring.weights.copy_(torch.tensor([0.5, 0.1, -0.025]))
+    k = ring.kernel()
+    assert k.shape == (5, 5) and torch.allclose(k, k.t()) and torch.allclose(k, k.flip(0))
+    # round(|offset|): 1 for (0, 1) and (1, 1); 2 for (0, 2), (1, 2) and (2, 2) (2.83 > R + 0.5 is left out)
+    assert k[2, 2] == 0.5 and k[2, 3] == k[3, 3] == pytest.approx(0.1) and k[2, 4] == k[3, 4] == pytest.approx(-0.025)
+    assert k[4, 4] == 0.0
+    ref = F.conv2d(F.pad(x.reshape(6, 1, 20, 24), (2, 2, 2, 2), mode="reflect"), k[None, None]).reshape(2, 3, 20, 24)
+    assert torch.allclose(ring(x), ref, atol=1e-6)
+    resp = ring.ring_responses(x)
+    assert resp.shape == (2, 3, 3, 20, 24)
+    assert torch.allclose((resp * ring.weights.view(1, 1, 3, 1, 1)).sum(2), ref, atol=1e-6)
+    assert ring(torch.rand(1, 3, 2, 9)).shape == (1, 3, 2, 9)  # too small to reflect: replicated borders
+    with pytest.raises(ValueError, match="radius"):
+        RingFilter(0)
+
+
+def test_deblur_stage_is_fitted_and_weighted_by_the_blur_probability(tmp_path):
+    """The ``deblur`` block fits the ring filter on the network's outputs for blurred photos (least squares: it
+    lowers their error) and changes nothing else; the embedded restorer applies it with weight p(motion-blurry),
+    1 or 0 for a given type, and not at all for a network without one."""
+    from safetensors.torch import load_file
+
+    from vlmir.models.embedded import EmbeddedRestorer, load_encoder, load_restorer
+    from vlmir.models.restorer import classical_prior
+    from vlmir.training.common import export_weights
+    from vlmir.training.train_restorer import train
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    enc_dir = tmp_path / "enc"
+    export_weights(enc_dir, model=enc, model_config=enc.config, train_config={"kind": "encoder"})
+    kw = dict(width=8, enc_blocks=[1], middle_blocks=1, dec_blocks=[1], prior=True, gate=False)
+    cfg = {"kind": "restorer", "encoder": str(enc_dir), "steps": 1, "batch_size": 2, "restore_crop": 32,
+           "lr": 0.0, "warmup": 1, "threads": 1, "data": TINY_DATA, "model": kw}
+    train(cfg, tmp_path / "base", progress=False)
+    dcfg = dict(cfg, steps=0, init_from=str(tmp_path / "base" / "final"), init_skip=["deblur"],
+                model=dict(kw, deblur_radius=3),
+                deblur={"images": 4, "short_sides": [64, 80], "pixels": 800, "severities": [3, 4]})
+    logs = train(dcfg, tmp_path / "deblur", progress=False)
+    assert logs["deblur_images"] == 4 and logs["deblur_psnr_after"] >= logs["deblur_psnr_before"] - 1e-3
+    a = load_file(str(tmp_path / "base" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "deblur" / "final" / "model.safetensors"))
+    assert set(b) - set(a) == {"deblur.weights"} and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(b["deblur.weights"], torch.tensor([1.0, 0, 0, 0]))
+    assert "deblur: ring weights" in (tmp_path / "deblur" / "train.log").read_text()
+    net, _ = load_restorer(tmp_path / "deblur" / "final", allow_random=False)
+    encoder, _ = load_encoder(enc_dir, allow_random=False)
+    r = EmbeddedRestorer(encoder, net, random_weights=False)
+    assert r.deblur_weight(0.3, None) == 0.3 and r.deblur_weight(0.3, "motion-blurry") == 1.0
+    assert r.deblur_weight(0.3, "hazy") == 0.0
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        cond = r.condition(x)
+        raw = {t: r._pass(x, cond, classical_prior(x, [t])) for t in ("hazy", "motion-blurry")}
+    assert torch.allclose(r.restore(x, degradation="hazy"), raw["hazy"], atol=1e-6)  # weight 0
+    blur = raw["motion-blurry"]
+    assert torch.allclose(r.restore(x, degradation="motion-blurry"), net.deblur(blur).clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(net.deblur(blur), blur, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown degradation"):
+        r.restore(x, degradation="foggy")
+    plain, _ = load_restorer(tmp_path / "base" / "final", allow_random=False)
+    assert EmbeddedRestorer(encoder, plain, random_weights=False).deblur_weight(0.9, "motion-blurry") == 0.0
+    with pytest.raises(ValueError, match="deblur_radius"):
+        train(dict(cfg, steps=0, deblur={"images": 1}), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="unknown keys"):
+        train(dict(dcfg, deblur={"image": 1}), tmp_path / "bad2", progress=False)

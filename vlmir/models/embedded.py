@@ -50,6 +50,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 AUTO_TILE_PIXELS = 1024 * 1024  # images above this many pixels are tiled by default
 DEFAULT_TILE = 512
+BLUR = "motion-blurry"  # the type whose probability weighs the restorer's deblurring stage
 TILE_OVERLAP = 32
 # flip self-ensembles: each entry is the set of dims a pass flips (H = -2, W = -1); the outputs are averaged
 ENSEMBLES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (-1,)), 4: ((), (-1,), (-2,), (-2, -1))}
@@ -242,17 +243,32 @@ class EmbeddedRestorer:
         """Conditioning (1, 2D): normalised view-averaged content and degradation embeddings of the whole image."""
         return self._condition(x)[0]
 
-    @torch.no_grad()
-    def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        f = self.encoder.embed(x)
-        cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
-        return cond, self.encoder.degradation_names[int(f["type_logits"].argmax(-1))]
+    def deblur_weight(self, p_blur: float, degradation: str | None) -> float:
+        """``w`` of the deblurring stage (:class:`~vlmir.models.restorer.RingFilter`): 0 for a network without
+        one, else 1 or 0 when the type is given, else the encoder's probability of ``motion-blurry``."""
+        if self.net.deblur is None:
+            return 0.0
+        if degradation is not None:
+            return 1.0 if degradation == BLUR else 0.0
+        return p_blur
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior_type: str | None, ensemble: int) -> torch.Tensor:
-        """Restore ``x`` (a whole image or a tile) with the ``ensemble`` flip passes; the classical prior (when the
-        network takes one) is computed once from the same pixels, so a tiled restore never runs the classical
-        method on the whole image."""
+    def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, str, float]:
+        """Conditioning, the predicted type and the probability of ``motion-blurry`` (0 when the encoder has no
+        such name)."""
+        f = self.encoder.embed(x)
+        cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
+        names = self.encoder.degradation_names
+        p = f["type_logits"].softmax(-1)[0]
+        p_blur = float(p[names.index(BLUR)]) if BLUR in names else 0.0
+        return cond, names[int(p.argmax())], p_blur
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior_type: str | None, ensemble: int,
+             deblur: float = 0.0) -> torch.Tensor:
+        """Restore ``x`` (a whole image or a tile) with the ``ensemble`` flip passes, then the deblurring stage
+        with weight ``deblur``; the classical prior (when the network takes one) is computed once from the same
+        pixels, so a tiled restore never runs the classical method on the whole image."""
         prior = classical_prior(x, [prior_type]) if prior_type is not None else None
         out = None
         for dims in ENSEMBLES[ensemble]:
@@ -261,7 +277,10 @@ class EmbeddedRestorer:
             y = self._pass(xf, cond, pf)
             y = y.flip(dims) if dims else y
             out = y if out is None else out + y
-        return out / len(ENSEMBLES[ensemble])
+        out = out / len(ENSEMBLES[ensemble])
+        if deblur > 0:
+            out = (out + deblur * (self.net.deblur(out) - out)).clamp(0, 1)
+        return out
 
     def _pass(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         """One network forward, padded to the network multiple and cropped back."""
@@ -286,8 +305,10 @@ class EmbeddedRestorer:
                 the whole image in one pass.
             progress: optional ``progress(done, total)`` called after each tile.
             degradation: for a restorer with a classical prior, the type whose classical method gives the prior
-                (one of the encoder's names); default the encoder's prediction. The conditioning is always the
-                encoder's own embedding of the image. Ignored by a restorer without a prior.
+                (one of the encoder's names); default the encoder's prediction. With a deblurring stage it also
+                sets its weight (1 for ``motion-blurry``, else 0; default the encoder's probability of
+                ``motion-blurry``). The conditioning is always the encoder's own embedding of the image. Ignored
+                by a restorer with neither.
             ensemble: flip self-ensemble passes, 1, 2 or 4 (class docstring); default :attr:`ensemble`.
         """
         x = _check_image(x)
@@ -296,18 +317,19 @@ class EmbeddedRestorer:
             raise ValueError(f"tile must be an int >= 64 px or None, got {tile!r}")
         src_dtype, src_device = x.dtype, x.device
         x = x.to(self.device, torch.float32).clamp(0, 1)
-        cond, predicted = self._condition(x)
+        if (self.net.prior or self.net.deblur is not None) and degradation is not None \
+                and degradation not in self.encoder.degradation_names:
+            raise ValueError(f"unknown degradation {degradation!r}; valid: {', '.join(self.encoder.degradation_names)}")
+        cond, predicted, p_blur = self._condition(x)
+        deblur = self.deblur_weight(p_blur, degradation)
         prior_type = None  # the type whose classical method gives the prior, for a network that takes one
         if self.net.prior:
-            if degradation is not None and degradation not in self.encoder.degradation_names:
-                raise ValueError(f"unknown degradation {degradation!r}; valid: "
-                                 f"{', '.join(self.encoder.degradation_names)}")
             prior_type = degradation or predicted
         h, w = x.shape[-2:]
         if tile is None and h * w > AUTO_TILE_PIXELS:
             tile = DEFAULT_TILE
         if tile is None or (h <= tile and w <= tile):
-            out = self._run(x, cond, prior_type, ensemble)
+            out = self._run(x, cond, prior_type, ensemble, deblur)
             if progress is not None:
                 progress(1, 1)
             return out.to(src_device, src_dtype)
@@ -318,7 +340,7 @@ class EmbeddedRestorer:
         for y in ys:
             for x0 in xs:
                 th, tw = min(tile, h - y), min(tile, w - x0)
-                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior_type, ensemble)
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior_type, ensemble, deblur)
                 wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
                 wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
                 wgt = (wy[:, None] * wx[None, :])[None, None]

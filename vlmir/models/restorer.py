@@ -22,6 +22,14 @@ residual are themselves FiLM-conditioned on the embeddings, so they can return a
 own; a scalar gate read from the embedding alone turns out to be the least robust part on photos the encoder has
 not seen (it half-closes on clearly degraded images and throws away a good prior).
 
+With ``deblur_radius=R > 0`` the network also carries an isotropic linear deblurring filter
+(:class:`RingFilter`, one weight per ring of radius 0..R), fitted by least squares on the network's outputs for
+motion-blurred training photos (:mod:`vlmir.training.deblur`). The network itself leaves camera-shake blur nearly
+as it is: a trajectory kernel of random direction and shape is not something this small a network undoes. The
+embedded restorer applies ``y + w * (ring(y) - y)`` after the network, with ``w`` the encoder's probability of
+``motion-blurry`` (1 or 0 when the type is given), so an image the encoder does not see as blurred is not
+filtered.
+
 Example::
 
     >>> net = ConditionalRestorer()
@@ -87,6 +95,48 @@ class _NAFBlock(nn.Module):
         return x + self.conv5(a * b) * self.gamma
 
 
+class RingFilter(nn.Module):
+    """An isotropic linear filter ``(2R+1, 2R+1)``: one weight per ring ``round(|offset|) = j``, j = 0..R (offsets
+    beyond R + 0.5 px weigh 0), applied to each channel with reflected borders. Starts as the identity.
+
+    Args:
+        radius: R >= 1.
+    """
+
+    def __init__(self, radius: int) -> None:
+        super().__init__()
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 1:
+            raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+        self.radius = radius
+        ax = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        r = (ax[:, None] ** 2 + ax[None, :] ** 2).sqrt()
+        rings = torch.stack([((r.round() == j) & (r <= radius + 0.5)).float() for j in range(radius + 1)])
+        self.register_buffer("rings", rings, persistent=False)  # (R+1, k, k) indicator of each ring
+        self.register_buffer("weights", torch.zeros(radius + 1))
+        self.weights[0] = 1.0
+
+    def kernel(self) -> torch.Tensor:
+        """The filter (k, k), k = 2R + 1."""
+        return (self.weights[:, None, None] * self.rings).sum(0)
+
+    def ring_responses(self, x: torch.Tensor) -> torch.Tensor:
+        """Each ring's response (B, C, R+1, H, W) to ``x`` (B, C, H, W): the filter is their weighted sum."""
+        b, c, h, w = x.shape
+        xp = _pad(x.reshape(b * c, 1, h, w), self.radius)
+        return F.conv2d(xp, self.rings[:, None].to(x.dtype)).reshape(b, c, -1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        xp = _pad(x.reshape(b * c, 1, h, w), self.radius)
+        return F.conv2d(xp, self.kernel().to(x.dtype)[None, None]).reshape(b, c, h, w)
+
+
+def _pad(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Reflect-pad by ``r`` (replicate where a side is too short to reflect)."""
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    return F.pad(x, (r, r, r, r), mode=mode)
+
+
 class ConditionalRestorer(nn.Module):
     """U-shaped NAFNet over a half-resolution (pixel-unshuffled) input, FiLM-conditioned, gated residual output.
 
@@ -102,6 +152,8 @@ class ConditionalRestorer(nn.Module):
         gate: predict the scalar gate g(e); ``False``: g = 1 (module docstring). Default True.
         prior: take a prior restoration as a second input and predict a trust mask for it (module docstring).
             Default False.
+        deblur_radius: R of the fitted deblurring :class:`RingFilter` carried as :attr:`deblur` (module
+            docstring); 0 (default): none. The network's forward does not apply it.
 
     ``forward(x, cond, prior=None)`` takes ``x`` (B, 3, H, W) in [0, 1] with H, W multiples of :attr:`multiple`,
     ``cond`` (B, cond_dim) and, when built with ``prior=True``, ``prior`` (B, 3, H, W); it returns the restored
@@ -120,6 +172,7 @@ class ConditionalRestorer(nn.Module):
         gate_init: float = 0.5,
         prior: bool = False,
         gate: bool = True,
+        deblur_radius: int = 0,
     ) -> None:
         super().__init__()
         if len(enc_blocks) != len(dec_blocks):
@@ -138,8 +191,10 @@ class ConditionalRestorer(nn.Module):
             gate_init=gate_init,
             prior=bool(prior),
             gate=bool(gate),
+            deblur_radius=int(deblur_radius),
         )
         self.cond_dim = cond_dim
+        self.deblur = RingFilter(int(deblur_radius)) if deblur_radius else None
         self.prior = bool(prior)
         self.multiple = 2 * 2 ** len(enc_blocks)
         self.cond = nn.Sequential(nn.Linear(cond_dim, cond_hidden), nn.GELU(), nn.Linear(cond_hidden, cond_hidden), nn.GELU())

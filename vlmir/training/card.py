@@ -27,7 +27,7 @@ _WHAT = {
                  "A NAFNet-style U-Net (`vlmir/models/restorer.py`) on a pixel-unshuffled input, FiLM-conditioned "
                  "on the frozen embedded encoder's content and degradation embeddings, predicting a residual{gate}. "
                  "One feed-forward pass (no diffusion); `steps`/`seed` are ignored."
-                 "{prior}"),
+                 "{prior}{deblur}"),
     "rater": ("embedded-rater",
               "A 2-layer MLP (`vlmir/models/rater.py`) on the frozen embedded encoder's features (normalised "
               "content and degradation embeddings, softmax over the names, pooled controller features) giving "
@@ -37,8 +37,16 @@ _WHAT = {
 
 _VIEW = (" An image's type is then read by a linear view head (`view_head: true`, "
          "`vlmir/training/view_head.py`): the view-averaged logits plus W z + b, with z the standardised mean, max "
-         "and min over the views of the logits and statistics and the mean and max of the normalised degradation "
-         "embeddings; it is fitted after the towers, on whole training images at the inference geometry.")
+         "and min over the views of the logits and statistics{holes} and the mean and max of the normalised "
+         "degradation embeddings; it is fitted after the towers, on whole training images at the inference "
+         "geometry.")
+_HOLES = (" and of 3 hole statistics (`view_head_holes: true`, `hole_statistics`: the share of pure-white pixels, "
+          "the share of hard-edged pixels next to them and the mean luminance drop across their border; a hole "
+          "cut by the engine has a hard edge, a clipped highlight fades out)")
+_DEBLUR = (" After the network, a fitted isotropic linear deblurring filter (`deblur_radius: {radius}`, "
+           "`RingFilter`: one weight per ring of radius 0-{radius} px, fitted by least squares on the network's "
+           "outputs for motion-blurred training photos, `vlmir/training/deblur.py`) is blended in with the "
+           "encoder's probability of `motion-blurry`: y + p (ring(y) - y).")
 _GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
          False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
                 "returns a clean input unchanged"}
@@ -132,6 +140,12 @@ def _steps_line(cfg: dict[str, Any], train: dict[str, Any]) -> str:
                 f"{_fmt(train.get('view_head_cv_balanced', '?'))} against "
                 f"{_fmt(train.get('view_head_cv_balanced_plain', '?'))} for the plain mean of views; seed "
                 f"{cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
+    if "deblur" in cfg and not steps:  # a run that fits the deblurring stage alone on a trained network
+        return (f"- no optimiser steps: the network is that of `init_from` ({cfg.get('init_from')}), unchanged; "
+                f"this run fits the deblurring filter alone on {train.get('deblur_images', '?')} motion-blurred "
+                f"whole training photos (PSNR of the network's outputs on them "
+                f"{_fmt(train.get('deblur_psnr_before', '?'))} dB, filtered "
+                f"{_fmt(train.get('deblur_psnr_after', '?'))} dB); seed {cfg.get('seed', 0)}")
     return (f"- steps: {steps}, batch size {cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} (cosine, warm-up "
             f"{cfg.get('warmup')}), seed {cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
 
@@ -154,8 +168,10 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     gated = bool(model.get("gate", True))
     formula = "y = x + g(e) (m (p - x) + R(x, p, e))" if gated else "y = x + m (p - x) + R(x, p, e)"
     prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
-    what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated],
-                       view=_VIEW if model.get("view_head") else "")
+    view = _VIEW.format(holes=_HOLES if model.get("view_head_holes") else "") if model.get("view_head") else ""
+    deblur = _DEBLUR.format(radius=model["deblur_radius"]) if model.get("deblur_radius") else ""
+    what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated], view=view,
+                       deblur=deblur)
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [

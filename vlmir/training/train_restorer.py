@@ -20,6 +20,9 @@ PSNR loss weights each crop by the inverse of its error, so the crops that are a
 mild degradations, blur the network cannot undo) count as much as the badly damaged ones, and it optimises the
 measure the validation reports; L1's optimum is a median, which can sharpen where the mean would not.
 
+With ``model.deblur_radius`` and a ``deblur`` block, the deblurring stage is fitted after the steps
+(:mod:`vlmir.training.deblur`; ``steps: 0`` with ``init_from`` fits it alone on a trained restorer).
+
 ``init_from`` starts from earlier weights and ``train_only`` (name prefixes) trains only those parameters, the
 rest frozen in eval mode (:func:`vlmir.training.common.freeze_except`): e.g. ``["gate"]`` with a larger
 ``gate_weight`` recalibrates only the gate g(e) of a trained restorer.
@@ -50,6 +53,7 @@ from vlmir.training.common import (
     unwrap,
 )
 from vlmir.training.data import DataConfig, PairSampler
+from vlmir.training.deblur import fit_deblur
 
 
 def condition(encoder: torch.nn.Module, lq: torch.Tensor, return_pred: bool = False):
@@ -199,6 +203,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
                    ckpt_path=ckpt_path, model=model, optimizer=opt, sampler=sampler)
     bar.close()
     final_step = steps
+    if "deblur" in cfg:  # after the steps: the fitted deblurring stage (vlmir.training.deblur)
+        logs.update(fit_deblur(acc.unwrap_model(model), encoder, cfg, log, progress))
     return finish_run(final_step, logs, architecture="ConditionalRestorer", cfg=cfg, out_dir=out_dir,
                       export=export, log=log, timer=timer, acc=acc, ckpt_path=ckpt_path,
                       model=model, optimizer=opt, sampler=sampler)
