@@ -28,9 +28,8 @@ Deviations, all forced by "no pretrained weights, two CPU cores":
   correction read from how the views differ (:class:`ViewHead`: mean, max and min over views of the logits and
   statistics, mean and max of the normalised degradation embeddings; with ``view_head_holes=True`` also of the
   views' hole statistics). Some degradations show in only a few views (a handful of raindrops, the edge of one cast
-  shadow); the mean over views dilutes them. The correction is fitted
-  on whole training images after the towers (:mod:`vlmir.training.view_head`); with zero weights it is exactly
-  DA-CLIP's cosine classification.
+  shadow); the mean over views dilutes them. The correction is fitted on whole training images after the towers
+  (:mod:`vlmir.training.view_head`); with zero weights it is exactly DA-CLIP's cosine classification.
 
 Example::
 

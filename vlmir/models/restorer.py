@@ -119,22 +119,20 @@ class RingFilter(nn.Module):
         """The filter (k, k), k = 2R + 1."""
         return (self.weights[:, None, None] * self.rings).sum(0)
 
+    def _filter(self, x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """Each channel of ``x`` (B, C, H, W) filtered by each of ``kernels`` (N, k, k): (B, C, N, H, W), with
+        reflected borders (replicated where a side is too short to reflect)."""
+        b, c, h, w = x.shape
+        r = self.radius
+        xp = F.pad(x.reshape(b * c, 1, h, w), (r, r, r, r), mode="reflect" if min(h, w) > r else "replicate")
+        return F.conv2d(xp, kernels[:, None].to(x.dtype)).reshape(b, c, -1, h, w)
+
     def ring_responses(self, x: torch.Tensor) -> torch.Tensor:
         """Each ring's response (B, C, R+1, H, W) to ``x`` (B, C, H, W): the filter is their weighted sum."""
-        b, c, h, w = x.shape
-        xp = _pad(x.reshape(b * c, 1, h, w), self.radius)
-        return F.conv2d(xp, self.rings[:, None].to(x.dtype)).reshape(b, c, -1, h, w)
+        return self._filter(x, self.rings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        xp = _pad(x.reshape(b * c, 1, h, w), self.radius)
-        return F.conv2d(xp, self.kernel().to(x.dtype)[None, None]).reshape(b, c, h, w)
-
-
-def _pad(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Reflect-pad by ``r`` (replicate where a side is too short to reflect)."""
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
-    return F.pad(x, (r, r, r, r), mode=mode)
+        return self._filter(x, self.kernel()[None])[:, :, 0]
 
 
 class ConditionalRestorer(nn.Module):
