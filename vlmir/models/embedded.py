@@ -54,8 +54,8 @@ BLUR = "motion-blurry"  # the type whose probability weighs the restorer's deblu
 TILE_OVERLAP = 32
 # flip self-ensembles: each entry is the set of dims a pass flips (H = -2, W = -1); the outputs are averaged
 ENSEMBLES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (-1,)), 4: ((), (-1,), (-2,), (-2, -1))}
-# the shipped restorer's default: on the held-out protocol two passes gain +0.03 dB over one (+6.16 vs +6.12 dB)
-# for one more network forward (0.39 -> 0.60 s at 512 px)
+# the shipped restorer's default: on the held-out protocol two passes gain +0.03 dB over one (+6.16 vs +6.13 dB)
+# for one more network forward (0.42 -> 0.61 s at 512 px)
 DEFAULT_ENSEMBLE = 2
 
 
