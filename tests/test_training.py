@@ -804,3 +804,91 @@ def test_deblur_stage_is_fitted_and_weighted_by_the_blur_probability(tmp_path):
         train(dict(cfg, steps=0, deblur={"images": 1}), tmp_path / "bad", progress=False)
     with pytest.raises(ValueError, match="unknown keys"):
         train(dict(dcfg, deblur={"image": 1}), tmp_path / "bad2", progress=False)
+
+
+def test_type_calibration_and_tilted_levels():
+    """``r' = sum_t q_t (a_t + b_t r)``, the identity at first; the tilted levels keep their shape (KL-closest)
+    and take the calibrated mean exactly."""
+    from vlmir.models.rater import TypeCalibration, tilt_to_mean
+
+    cal = TypeCalibration(3)
+    r = torch.tensor([1.5, 3.0, 4.5])
+    q = torch.tensor([[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]])
+    assert torch.allclose(cal(r, q), r)
+    cal.a.copy_(torch.tensor([1.0, -1.0, 0.0]))
+    cal.b.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    expect = torch.tensor([1.0 + 0.75, 0.5 * (1 + 1.5) + 0.5 * (-1 + 3.0), 0.2 * 3.25 + 0.3 * 3.5 + 0.5 * 9.0])
+    assert torch.allclose(cal(r, q), expect.clamp(1, 5))
+    with pytest.raises(ValueError, match="type probabilities"):
+        cal(r, q[:, :2])
+    p = torch.tensor([[0.1, 0.2, 0.4, 0.2, 0.1], [0.0, 0.0, 0.1, 0.3, 0.6]])
+    levels = torch.arange(1, 6).float()
+    for target in ([2.0, 4.8], [3.0, 1.2]):
+        t = tilt_to_mean(p, torch.tensor(target))
+        assert torch.allclose((t * levels).sum(-1), torch.tensor(target), atol=1e-4)
+        assert torch.allclose(t.sum(-1), torch.ones(2)) and (t >= 0).all()
+    same = tilt_to_mean(p[:1], (p[:1] * levels).sum(-1))
+    assert torch.allclose(same, p[:1], atol=1e-5)
+    t = tilt_to_mean(p[:1], torch.tensor([2.0]))  # exponential tilting: p_i exp(beta i) / Z
+    ratio = (t / p[:1]).log()
+    assert torch.allclose(ratio[0, 1:] - ratio[0, :-1], (ratio[0, 1] - ratio[0, 0]).expand(4), atol=1e-4)
+
+
+def test_rater_calibration_fit_and_stage(tmp_path):
+    """``fit_ab`` recovers a known per-type map; the ``calibration`` block fits it on a trained head, changes
+    nothing else, and the embedded rater reports the calibrated score with levels whose mean is that score."""
+    from safetensors.torch import load_file
+
+    from vlmir.models.embedded import EmbeddedRater, build_rater, load_encoder
+    from vlmir.training.common import export_weights
+    from vlmir.training.rater_calibration import fit_ab
+    from vlmir.training.train_rater import train
+
+    g = torch.Generator().manual_seed(0)
+    q = F.one_hot(torch.randint(0, 3, (300,), generator=g), 3).float()
+    r = 1 + 4 * torch.rand(300, generator=g)
+    a0, b0 = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 1.5, 0.5])
+    a, b = fit_ab(r, q, (q * (a0 + b0 * r[:, None])).sum(-1), ridge=0.0)
+    assert torch.allclose(a, a0, atol=1e-4) and torch.allclose(b, b0, atol=1e-4)
+    a, b = fit_ab(r, q, (q * (a0 + b0 * r[:, None])).sum(-1), ridge=1e6)  # a huge ridge keeps the identity
+    assert torch.allclose(a, torch.zeros(3), atol=1e-3) and torch.allclose(b, torch.ones(3), atol=1e-3)
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    enc_dir = tmp_path / "enc"
+    export_weights(enc_dir, model=enc, model_config=enc.config, train_config={"kind": "encoder"})
+    base = {"kind": "rater", "encoder": str(enc_dir), "steps": 2, "batch_size": 4, "threads": 1, "data": TINY_DATA,
+            "model": {"hidden": 16}}
+    train(base, tmp_path / "base", progress=False)
+    cfg = dict(base, steps=0, init_from=str(tmp_path / "base" / "final"), init_skip=["calibration"],
+               model={"hidden": 16, "type_calibration": len(CLASS_NAMES)},
+               calibration={"samples": 16, "folds": 2, "ridge": [0.01, 1.0], "short_sides": [64, 80]})
+    logs = train(cfg, tmp_path / "cal", progress=False)
+    assert logs["calibration_ridge"] in (0.01, 1.0) and logs["calibration_images"] == 16
+    assert -1.0 <= logs["calibration_cv_spearman"] <= 1.0
+    a_, b_ = load_file(str(tmp_path / "base" / "final" / "model.safetensors")), load_file(
+        str(tmp_path / "cal" / "final" / "model.safetensors"))
+    assert set(b_) - set(a_) == {"calibration.a", "calibration.b"} and all(torch.equal(a_[k], b_[k]) for k in a_)
+    assert not torch.equal(b_["calibration.b"], torch.ones(len(CLASS_NAMES)))
+    rater = build_rater(path=tmp_path / "cal" / "final", encoder_path=enc_dir)
+    x = torch.rand(1, 3, 70, 90)
+    out = rater.rate(x)
+    probs = [out["probs"][w] for w in ("bad", "poor", "fair", "good", "excellent")]
+    assert sum(i * p for i, p in enumerate(probs, 1)) == pytest.approx(out["score"], abs=1e-4)
+    from vlmir.models.rater import image_rater_inputs
+
+    with torch.no_grad():
+        feats, qx = image_rater_inputs(rater.encoder, x, False)
+        raw = rater.head.score(rater.head(feats))
+        expect = float(rater.head.calibration(raw, qx)[0])
+    assert out["score"] == pytest.approx(expect, abs=1e-3)
+    plain = build_rater(path=tmp_path / "base" / "final", encoder_path=enc_dir).rate(x)
+    assert plain["score"] == pytest.approx(float(raw[0]), abs=1e-5)
+    other, _ = load_encoder(enc_dir, allow_random=False)
+    other.degradation_names = other.degradation_names[:5]
+    with pytest.raises(ValueError, match="type calibration covers"):
+        EmbeddedRater(other, rater.head, random_weights=False)
+    with pytest.raises(ValueError, match="type_calibration"):
+        train(dict(base, steps=0, calibration={"samples": 4}), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="unknown keys"):
+        train(dict(cfg, calibration={"sample": 4}), tmp_path / "bad2", progress=False)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from vlmir.constants import DEGRADATIONS
 from vlmir.models.encoder import DegradationAwareEncoder
-from vlmir.models.rater import LEVELS_ASCENDING, VisibilityHead, image_rater_features
+from vlmir.models.rater import LEVELS_ASCENDING, VisibilityHead, image_rater_inputs, tilt_to_mean
 from vlmir.models.restorer import ConditionalRestorer, classical_prior
 from vlmir.registry import WEIGHTS_DIR, ModelSpec, register
 
@@ -169,13 +169,22 @@ class EmbeddedRater(EmbeddedEncoderModel):
     def __init__(self, encoder: DegradationAwareEncoder, head: VisibilityHead, *, random_weights: bool,
                  name: str = "embedded-rater") -> None:
         super().__init__(encoder, random_weights=random_weights, name=name)
+        calibration = getattr(head, "calibration", None)
+        if calibration is not None and calibration.a.shape[0] != len(encoder.degradation_names):
+            raise ValueError(f"the rater's type calibration covers {calibration.a.shape[0]} names, the encoder has "
+                             f"{len(encoder.degradation_names)}")
         self.head = head
 
     @torch.no_grad()
     def rate(self, x: torch.Tensor) -> dict[str, Any]:
         x = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
-        logits = self.head(image_rater_features(self.encoder, x, getattr(self.head, "image_stats", False)))
-        p = logits.softmax(-1)[0]
+        features, q = image_rater_inputs(self.encoder, x, getattr(self.head, "image_stats", False))
+        p = self.head(features).softmax(-1)
+        calibration = getattr(self.head, "calibration", None)
+        if calibration is not None:  # the per-type calibrated score, and the levels tilted to it
+            r_levels = (p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum(-1)
+            p = tilt_to_mean(p, calibration(r_levels, q))
+        p = p[0]
         r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
         probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first
         return {"score": r, "vlm_vis": (r - 1) / 4, "probs": probs}

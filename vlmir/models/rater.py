@@ -14,6 +14,14 @@ measurements of each crop (brightness and contrast percentiles, dark channel, sa
 estimate, JPEG blockiness, clipped and flat areas). They describe *how much* of a degradation there is in a way
 that carries over to photos the encoder never saw, where the encoder's features describe *which* one.
 
+Optionally (``type_calibration=K``) the head carries a per-type calibration of its score,
+``r' = sum_t q_t (a_t + b_t r)`` with ``q`` the encoder's type probabilities over its K names
+(:class:`TypeCalibration`, fitted on whole training photos by :mod:`vlmir.training.rater_calibration`). Each
+degradation moves the features by its own amount per severity step: the head, trained on crops, scores mild blur
+as poor and mild raindrops as clear, and a score that orders severities within each type still mixes types up.
+The level probabilities are then tilted to the calibrated mean (:func:`tilt_to_mean`), so ``r = sum_i i p_i``
+holds for what the rater reports.
+
 Example::
 
     >>> head = VisibilityHead(feature_dim=2187)
@@ -29,7 +37,8 @@ from torch import nn
 
 from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
 
-__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "VisibilityHead", "image_statistics", "rater_features"]
+__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "image_statistics",
+           "rater_features", "tilt_to_mean"]
 
 # level words from score 1 to 5 (index i-1 holds level i)
 LEVELS_ASCENDING = ("bad", "poor", "fair", "good", "excellent")
@@ -45,15 +54,60 @@ def rater_features(f: dict[str, torch.Tensor], stats: torch.Tensor | None = None
 
 
 
-def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool) -> torch.Tensor:
-    """The head's input (1, F) for one whole image ``x`` (1, 3, H, W) in [0, 1], as the rater sees it: the
-    encoder's view-averaged outputs (``DegradationAwareEncoder.embed``) and, with ``image_stats``, the
-    statistics averaged over the same views."""
+def image_rater_inputs(encoder: nn.Module, x: torch.Tensor, image_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input (1, F) for one whole image ``x`` (1, 3, H, W) in [0, 1], as the rater sees it (the
+    encoder's view-averaged outputs, ``DegradationAwareEncoder.embed``, and with ``image_stats`` the statistics
+    averaged over the same views), and the encoder's type probabilities (1, K) of the image (its ``type_logits``)
+    for :class:`TypeCalibration`."""
     f = encoder.embed(x)
     stats = None
     if image_stats:
         stats = f["stats"] if "stats" in f else image_statistics(encoder.views(x)).mean(0, keepdim=True)
-    return rater_features(f, stats)
+    return rater_features(f, stats), f["type_logits"].softmax(-1)
+
+
+def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool) -> torch.Tensor:
+    """The head's input (1, F) of :func:`image_rater_inputs`."""
+    return image_rater_inputs(encoder, x, image_stats)[0]
+
+
+class TypeCalibration(nn.Module):
+    """``r' = sum_t q_t (a_t + b_t r)``: a linear map of the score per type, mixed by the type probabilities q.
+
+    Starts as the identity (a = 0, b = 1). ``a`` and ``b`` are buffers, set by least squares
+    (:mod:`vlmir.training.rater_calibration`).
+
+    Args:
+        n_names: K, the encoder's class names (the order of q).
+    """
+
+    def __init__(self, n_names: int) -> None:
+        super().__init__()
+        if n_names < 1:
+            raise ValueError(f"n_names must be >= 1, got {n_names}")
+        self.register_buffer("a", torch.zeros(n_names))
+        self.register_buffer("b", torch.ones(n_names))
+
+    def forward(self, r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Calibrated scores (B,) in [1, 5] of scores ``r`` (B,) with type probabilities ``q`` (B, K)."""
+        if q.shape != (r.shape[0], self.a.shape[0]):
+            raise ValueError(f"expected type probabilities ({r.shape[0]}, {self.a.shape[0]}), got {tuple(q.shape)}")
+        return (q * (self.a + self.b * r[:, None])).sum(-1).clamp(1.0, 5.0)
+
+
+def tilt_to_mean(p: torch.Tensor, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """The distribution closest to ``p`` (B, 5) over levels 1..5 (in KL divergence) whose mean is ``target`` (B,):
+    ``p_i exp(beta i)`` normalised, with beta found by bisection (targets are kept 1e-4 inside [1, 5])."""
+    levels = torch.arange(1, 6, dtype=p.dtype, device=p.device)
+    target = target.to(p.dtype).clamp(1.0 + 1e-4, 5.0 - 1e-4)
+    logp = p.clamp_min(1e-12).log()
+    lo = torch.full_like(target, -60.0)
+    hi = torch.full_like(target, 60.0)
+    for _ in range(iterations):  # the tilted mean rises with beta
+        mid = (lo + hi) / 2
+        mean = ((logp + mid[:, None] * levels).softmax(-1) * levels).sum(-1)
+        lo, hi = torch.where(mean < target, mid, lo), torch.where(mean < target, hi, mid)
+    return (logp + ((lo + hi) / 2)[:, None] * levels).softmax(-1)
 
 class VisibilityHead(nn.Module):
     """MLP from encoder features to five visibility-level logits (bad..excellent).
@@ -63,9 +117,12 @@ class VisibilityHead(nn.Module):
         hidden: hidden width. Default 128.
         dropout: dropout before the last layer while training. Default 0.1.
         image_stats: the features end with :func:`image_statistics` (included in ``feature_dim``). Default False.
+        type_calibration: K > 0 adds a :class:`TypeCalibration` over the encoder's K names as :attr:`calibration`
+            (module docstring; applied by the embedded rater, not by :meth:`forward`). Default 0: none.
     """
 
-    def __init__(self, *, feature_dim: int, hidden: int = 128, dropout: float = 0.1, image_stats: bool = False) -> None:
+    def __init__(self, *, feature_dim: int, hidden: int = 128, dropout: float = 0.1, image_stats: bool = False,
+                 type_calibration: int = 0) -> None:
         super().__init__()
         if feature_dim < 1 or hidden < 1:
             raise ValueError(f"feature_dim and hidden must be positive, got {feature_dim}, {hidden}")
@@ -73,7 +130,9 @@ class VisibilityHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if image_stats and feature_dim <= N_IMAGE_STATS:
             raise ValueError(f"feature_dim {feature_dim} must include the {N_IMAGE_STATS} image statistics")
-        self.config = dict(feature_dim=feature_dim, hidden=hidden, dropout=dropout, image_stats=bool(image_stats))
+        self.config = dict(feature_dim=feature_dim, hidden=hidden, dropout=dropout, image_stats=bool(image_stats),
+                           type_calibration=int(type_calibration))
+        self.calibration = TypeCalibration(int(type_calibration)) if type_calibration else None
         self.image_stats = bool(image_stats)
         self.norm = nn.LayerNorm(feature_dim)
         self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 5))

@@ -32,7 +32,7 @@ _WHAT = {
               "A 2-layer MLP (`vlmir/models/rater.py`) on the frozen embedded encoder's features (normalised "
               "content and degradation embeddings, softmax over the names, pooled controller features) giving "
               "probabilities over WResVLM's visibility levels excellent/good/fair/poor/bad and r = sum_i i p_i."
-              "{stats}"),
+              "{stats}{calib}"),
 }
 
 _VIEW = (" An image's type is then read by a linear view head (`view_head: true`, "
@@ -47,6 +47,11 @@ _DEBLUR = (" After the network, a fitted isotropic linear deblurring filter (`de
            "`RingFilter`: one weight per ring of radius 0-{radius} px, fitted by least squares on the network's "
            "outputs for motion-blurred training photos, `vlmir/training/deblur.py`) is blended in with the "
            "encoder's probability of `motion-blurry`: y + p (ring(y) - y).")
+_CALIB = (" The score is then calibrated per degradation type (`type_calibration: {k}`, `TypeCalibration`, "
+          "`vlmir/training/rater_calibration.py`): r' = sum_t q_t (a_t + b_t r), with q the encoder's type "
+          "probabilities (its view head) and a, b fitted by least squares on whole training photos against "
+          "r* = 5 - 4c/5; the level probabilities are tilted to the calibrated mean (the distribution closest to "
+          "the head's in KL divergence with mean r'), so r = sum_i i p_i still holds.")
 _GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
          False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
                 "returns a clean input unchanged"}
@@ -140,6 +145,14 @@ def _steps_line(cfg: dict[str, Any], train: dict[str, Any]) -> str:
                 f"{_fmt(train.get('view_head_cv_balanced', '?'))} against "
                 f"{_fmt(train.get('view_head_cv_balanced_plain', '?'))} for the plain mean of views; seed "
                 f"{cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
+    if "calibration" in cfg and not steps:  # a run that fits the rater's type calibration alone
+        return (f"- no optimiser steps: the head is that of `init_from` ({cfg.get('init_from')}), unchanged; this "
+                f"run fits the per-type calibration alone on {train.get('calibration_images', '?')} whole "
+                f"training photos, with the ridge {_fmt(train.get('calibration_ridge', '?'))} chosen among "
+                f"{cfg['calibration'].get('ridge')} by {cfg['calibration'].get('folds', 6)}-fold cross-validation "
+                f"grouped by photo: Spearman(severity, r) {_fmt(train.get('calibration_cv_spearman', '?'))} out of "
+                f"fold against {_fmt(train.get('calibration_spearman_before', '?'))} uncalibrated; seed "
+                f"{cfg.get('seed', 0)}")
     if "deblur" in cfg and not steps:  # a run that fits the deblurring stage alone on a trained network
         return (f"- no optimiser steps: the network is that of `init_from` ({cfg.get('init_from')}), unchanged; "
                 f"this run fits the deblurring filter alone on {train.get('deblur_images', '?')} motion-blurred "
@@ -170,8 +183,9 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
     view = _VIEW.format(holes=_HOLES if model.get("view_head_holes") else "") if model.get("view_head") else ""
     deblur = _DEBLUR.format(radius=model["deblur_radius"]) if model.get("deblur_radius") else ""
+    calib = _CALIB.format(k=model["type_calibration"]) if model.get("type_calibration") else ""
     what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated], view=view,
-                       deblur=deblur)
+                       deblur=deblur, calib=calib)
     dtype = cfg.get("export_dtype", "float32")
     n_photos = len(cfg.get("data", {}).get("photos", TRAIN_PHOTOS))
     lines = [

@@ -32,6 +32,10 @@ version for the rank term: the single-crop features of the default ``"crops"`` b
 given at inference, the view-averaged features of a whole image are. Measured on the shipped recipe with 3000
 photos (10.4 min to build): held-out Spearman -0.588 against -0.720 for the 16000-crop bank; 18 photos are too
 few distinct scenes for a 3174-feature head, so the shipped rater keeps the crop bank.
+
+With ``model.type_calibration`` and a ``calibration`` block, the per-type calibration of the score is fitted after
+the steps (:mod:`vlmir.training.rater_calibration`; ``steps: 0`` with ``init_from`` fits it alone on a trained
+head).
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ from vlmir.training.common import (
     after_step,
     cosine_lr,
     finish_run,
+    init_from,
     make_accelerator,
     resume_from,
     setup_logger,
     unwrap,
 )
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
+from vlmir.training.rater_calibration import fit_rater_calibration
 
 TARGETS = ("engine", "severity")
 
@@ -243,6 +249,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
                          + encoder.pooled_dim
                          + ((encoder.n_stats or N_IMAGE_STATS) if model_cfg.get("image_stats") else 0))
     head = VisibilityHead(**model_cfg)
+    init_from(head, cfg, log)  # e.g. fit only the type calibration of a trained head
     steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
@@ -301,6 +308,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
                    ckpt_path=ckpt_path, model=head, optimizer=opt, sampler=sampler)
     bar.close()
+    if "calibration" in cfg:  # after the steps: the per-type score calibration (vlmir.training.rater_calibration)
+        logs.update(fit_rater_calibration(acc.unwrap_model(head), encoder, cfg, log, progress))
     return finish_run(steps, logs, architecture="VisibilityHead", cfg=cfg, out_dir=out_dir,
                       export=export, log=log, timer=timer, acc=acc, ckpt_path=ckpt_path,
                       model=head, optimizer=opt, sampler=sampler)
