@@ -179,11 +179,11 @@ class EmbeddedRater(EmbeddedEncoderModel):
     def rate(self, x: torch.Tensor) -> dict[str, Any]:
         x = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
         features, q = image_rater_inputs(self.encoder, x, getattr(self.head, "image_stats", False))
-        p = self.head(features).softmax(-1)
+        logits = self.head(features)
+        p = logits.softmax(-1)
         calibration = getattr(self.head, "calibration", None)
         if calibration is not None:  # the per-type calibrated score, and the levels tilted to it
-            r_levels = (p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum(-1)
-            p = tilt_to_mean(p, calibration(r_levels, q))
+            p = tilt_to_mean(p, calibration(VisibilityHead.score(logits), q))
         p = p[0]
         r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
         probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first

@@ -88,13 +88,12 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
     head.eval()
     cal.a.zero_()
     cal.b.fill_(1.0)
-    levels = torch.arange(1, 6, dtype=torch.float32, device=dev)
     rs, qs, sev, photos = [], [], [], []
     for _ in tqdm(range(n), desc="calibration", disable=not progress):
         item = sampler.sample_photos(1, [int(s) for s in opts["short_sides"]])[0]
         x = torch.from_numpy(np.ascontiguousarray(item["lq"].transpose(2, 0, 1)))[None].float().to(dev)
         features, q = image_rater_inputs(encoder, x, head.image_stats)
-        rs.append(float((head(features).softmax(-1) * levels).sum()))
+        rs.append(float(head.score(head(features))[0]))
         qs.append(q[0].cpu())
         sev.append(float(item["severity"]))
         photos.append(item["photo"])
