@@ -54,6 +54,16 @@ def setup_logger(out_dir: Path, name: str) -> logging.Logger:
     return log
 
 
+def stage_options(cfg: dict[str, Any], block: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The options of a config's post-training stage block (``view_head``, ``deblur``, ``calibration``): its
+    ``defaults`` updated by ``cfg[block]``; an unknown key is an error naming the known ones."""
+    opts = {**defaults, **cfg.get(block, {})}
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        raise ValueError(f"{block}: unknown keys {unknown}; known: {sorted(defaults)}")
+    return opts
+
+
 def make_accelerator(cfg: dict[str, Any]):
     """An ``accelerate.Accelerator`` (CPU unless a GPU is there and ``cpu`` is false) with torch threads set."""
     from accelerate import Accelerator

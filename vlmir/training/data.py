@@ -232,12 +232,16 @@ class PairSampler:
             win = win[:, ::-1]
         return _jitter(np.ascontiguousarray(win), rng, self.grey[i], cfg.p_highlights), self.config.photos[i]
 
-    def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
+    def _degrade(self, img: np.ndarray) -> tuple[np.ndarray, dict]:
+        """``img`` degraded by a spec drawn as the config says (clean share, mixtures, severities, weights)."""
         cfg = self.config
-        win, source = self._window()
         spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
                                   severities=cfg.severities, weights=cfg.type_weights)
-        lq, meta = degrade(win, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+        return degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+
+    def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
+        win, source = self._window()
+        lq, meta = self._degrade(win)
         return win, lq, meta, source
 
     def sample_images(self, n: int) -> list[dict]:
@@ -272,9 +276,7 @@ class PairSampler:
                 if rng.random() < 0.5:
                     img = img[:, ::-1]
                 img = _jitter(np.ascontiguousarray(img.clip(0, 1)), rng, self.grey[i], cfg.p_highlights)
-            spec = sample_degradation(rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
-                                      severities=cfg.severities, weights=cfg.type_weights)
-            lq, meta = degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+            lq, meta = self._degrade(img)
             out.append(_image_item(img, lq, meta, source))
         return out
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from vlmir.constants import DEGRADATIONS
+from vlmir.io import from_numpy
+from vlmir.training.common import stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 
 BLUR = "motion-blurry"
@@ -53,10 +55,7 @@ def fit_deblur(net: torch.nn.Module, encoder: torch.nn.Module, cfg: dict[str, An
     ring = getattr(net, "deblur", None)
     if ring is None:
         raise ValueError("a deblur block needs a restorer built with model.deblur_radius >= 1")
-    opts = {**DEFAULTS, **cfg.get("deblur", {})}
-    unknown = sorted(set(opts) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"deblur: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    opts = stage_options(cfg, "deblur", DEFAULTS)
     n, n_px, ridge = int(opts["images"]), int(opts["pixels"]), float(opts["ridge"])
     if n < 1 or n_px < 1 or ridge < 0:
         raise ValueError(f"deblur: images and pixels must be >= 1 and ridge >= 0, got {n}, {n_px}, {ridge}")
@@ -76,8 +75,7 @@ def fit_deblur(net: torch.nn.Module, encoder: torch.nn.Module, cfg: dict[str, An
     forms, rows = [], 0.0
     for _ in tqdm(range(n), desc="deblur", disable=not progress):
         item = sampler.sample_photos(1, [int(s) for s in opts["short_sides"]])[0]
-        lq = torch.from_numpy(np.ascontiguousarray(item["lq"].transpose(2, 0, 1)))[None].float()
-        clean = torch.from_numpy(np.ascontiguousarray(item["clean"].transpose(2, 0, 1)))[None].float()
+        lq, clean = from_numpy(item["lq"]), from_numpy(item["clean"])
         y = restorer.restore(lq)
         resp = ring.ring_responses(y)[0][..., r:-r, r:-r]  # (3, K, h, w)
         a = resp.permute(0, 2, 3, 1).reshape(-1, k).double()

@@ -25,11 +25,8 @@ import numpy as np
 import torch
 
 from vlmir.degradations import DEGRADATIONS, degrade
+from vlmir.io import from_numpy
 from vlmir.training.data import CLEAR, HELDOUT_PHOTOS, heldout_image
-
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,14 +52,14 @@ def eval_classifier(classify: Callable[[torch.Tensor], dict[str, float]], *, pho
     hits: dict[str, list[bool]] = {t: [] for t in DEGRADATIONS}
     confusion: dict[str, dict[str, int]] = {t: {} for t in DEGRADATIONS}
     for _, t, _, _, _, lq in _cases(photos, severities, seeds, short_side):
-        probs = classify(_tensor(lq))
+        probs = classify(from_numpy(lq))
         pred = max(probs, key=probs.get)
         hits[t].append(pred == t)
         confusion[t][pred] = confusion[t].get(pred, 0) + 1
     clear_hits = []
     for p in photos:
         for side in (short_side, int(short_side * 1.5)):
-            probs = classify(_tensor(heldout_image(p, side)))
+            probs = classify(from_numpy(heldout_image(p, side)))
             clear_hits.append(max(probs, key=probs.get) == CLEAR)
     per_type = {t: float(np.mean(v)) for t, v in hits.items()}
     all_hits = [h for v in hits.values() for h in v]
@@ -87,7 +84,7 @@ def eval_restorer(restore: Callable[..., torch.Tensor], *, photos: Sequence[str]
     rows: dict[str, list[tuple[float, float]]] = {t: [] for t in DEGRADATIONS}
     times = []
     for _, t, _, _, clean, lq in _cases(photos, severities, seeds, short_side):
-        c, x = _tensor(clean), _tensor(lq)
+        c, x = from_numpy(clean), from_numpy(lq)
         t0 = time.perf_counter()
         y = restore(x, t) if given_type else restore(x)
         times.append(time.perf_counter() - t0)
@@ -99,7 +96,7 @@ def eval_restorer(restore: Callable[..., torch.Tensor], *, photos: Sequence[str]
                        "gain": float((a[:, 1] - a[:, 0]).mean())}
     clean_psnr = []
     for p in photos:
-        c = _tensor(heldout_image(p, short_side))
+        c = from_numpy(heldout_image(p, short_side))
         clean_psnr.append(psnr(restore(c, CLEAR) if given_type else restore(c), c))
     gains = [v["gain"] for v in per_type.values()]
     return {
@@ -122,14 +119,14 @@ def eval_rater(rate: Callable[[torch.Tensor], dict], *, photos: Sequence[str] = 
     per_level: dict[int, list[float]] = {}
     for p in photos:
         clean = heldout_image(p, short_side)
-        r_clean = float(rate(_tensor(clean))["score"])
+        r_clean = float(rate(from_numpy(clean))["score"])
         sev.append(0)
         score.append(r_clean)
         per_level.setdefault(0, []).append(r_clean)
         for t in DEGRADATIONS:
             for s in severities:
                 lq, _ = degrade(clean, t, s, seed=seed)
-                r = float(rate(_tensor(lq))["score"])
+                r = float(rate(from_numpy(lq))["score"])
                 sev.append(s)
                 score.append(r)
                 per_level.setdefault(s, []).append(r)

@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmir.io import from_numpy
 from vlmir.models.rater import image_rater_inputs
+from vlmir.training.common import stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 
 DEFAULTS = {"samples": 2000, "folds": 6, "ridge": [0.01, 0.1, 1.0, 10.0], "short_sides": list(WHOLE_PHOTO_SIDES)}
@@ -74,10 +76,7 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
     if cal.a.shape[0] != len(encoder.degradation_names):
         raise ValueError(f"model.type_calibration is {cal.a.shape[0]}, the encoder has "
                          f"{len(encoder.degradation_names)} names")
-    opts = {**DEFAULTS, **cfg.get("calibration", {})}
-    unknown = sorted(set(opts) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"calibration: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    opts = stage_options(cfg, "calibration", DEFAULTS)
     ridges = [float(v) for v in opts["ridge"]]
     n, folds = int(opts["samples"]), int(opts["folds"])
     if not ridges or min(ridges) < 0 or n < 2 or folds < 2:
@@ -91,7 +90,7 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
     rs, qs, sev, photos = [], [], [], []
     for _ in tqdm(range(n), desc="calibration", disable=not progress):
         item = sampler.sample_photos(1, [int(s) for s in opts["short_sides"]])[0]
-        x = torch.from_numpy(np.ascontiguousarray(item["lq"].transpose(2, 0, 1)))[None].float().to(dev)
+        x = from_numpy(item["lq"]).to(dev)
         features, q = image_rater_inputs(encoder, x, head.image_stats)
         rs.append(float(head.score(head(features))[0]))
         qs.append(q[0].cpu())

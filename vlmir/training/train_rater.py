@@ -46,10 +46,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmir.io import from_numpy
 from vlmir.models.rater import N_IMAGE_STATS, VisibilityHead, image_rater_features, image_statistics, rater_features
 from vlmir.training.common import (
     Timer,
@@ -149,7 +149,7 @@ def photo_feature_bank(head: VisibilityHead, encoder: torch.nn.Module, sampler: 
     from tqdm.auto import tqdm
 
     def one(img: Any) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float().to(device)
+        x = from_numpy(img).to(device)
         return image_rater_features(encoder, x, head.image_stats)[0]
 
     feats, clean, vis, sev = [], [], [], []

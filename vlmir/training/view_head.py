@@ -39,7 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlmir.io import from_numpy
 from vlmir.models.encoder import DegradationAwareEncoder, ViewHead
+from vlmir.training.common import stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 from vlmir.training.train_rater import bank_fingerprint, load_or_build_bank
 
@@ -61,7 +63,7 @@ def view_summaries(encoder: DegradationAwareEncoder, images: Iterable[dict], pro
     dev = next(encoder.parameters()).device
     zs, base, target = [], [], []
     for item in tqdm(images, desc=desc, total=total, disable=not progress):
-        x = torch.from_numpy(np.ascontiguousarray(item["lq"].transpose(2, 0, 1)))[None].float().to(dev)
+        x = from_numpy(item["lq"]).to(dev)
         views = encoder.views(x)
         f = encoder.forward_features(views)
         logits = encoder.degradation_logits(f["degradation"])
@@ -139,10 +141,7 @@ def photo_folds(photos: list[str], folds: int, seed: int) -> torch.Tensor:
 def fit_view_head(encoder: DegradationAwareEncoder, cfg: dict[str, Any], log: logging.Logger,
                   progress: bool = True, out_dir: str | Path | None = None) -> dict[str, float]:
     """The whole stage (module docstring) on ``encoder`` in place; returns the values to log."""
-    opts = {**DEFAULTS, **cfg.get("view_head", {})}
-    unknown = sorted(set(opts) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"view_head: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    opts = stage_options(cfg, "view_head", DEFAULTS)
     l2s = [float(v) for v in opts["l2"]]
     if not l2s or min(l2s) < 0:
         raise ValueError(f"view_head.l2 must list weights >= 0, got {opts['l2']}")
