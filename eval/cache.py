@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,16 +43,35 @@ class ScoreCache:
 
     Args:
         path: the SQLite file (created with its parent directory); ``None`` keeps scores in memory only.
+        timeout: seconds a process waits for another one's lock on the file before giving up.
     """
 
-    def __init__(self, path: str | os.PathLike | None):
+    def __init__(self, path: str | os.PathLike | None, timeout: float = 60.0):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:", timeout=60.0)
-        self._db.execute("PRAGMA journal_mode=WAL" if self.path is not None else "PRAGMA journal_mode=MEMORY")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self._db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:", timeout=timeout)
+        self._setup("PRAGMA journal_mode=WAL" if self.path is not None else "PRAGMA journal_mode=MEMORY", timeout)
+
+    def _setup(self, journal_pragma: str, timeout: float) -> None:
+        """Set the journal mode and create the table, retrying while another process holds the file.
+
+        When several processes open a new file at once (one per ``accelerate`` / ``torchrun`` rank), switching it
+        to WAL can fail at once with "database is locked": SQLite reports that lock conflict without waiting on
+        the connection's busy timeout. So the set-up is retried, with a short random back-off, until ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute(journal_pragma)
+                self._db.execute(_SCHEMA)
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                    raise
+                self._db.rollback()
+                time.sleep(random.uniform(0.01, 0.05))
 
     def get_many(self, metric: str, version: str, contents: Iterable[str]) -> dict[str, float]:
         """Cached scores of ``contents`` for ``(metric, version)``; missing keys are absent from the result."""

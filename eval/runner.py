@@ -440,7 +440,6 @@ def run(dataset: str | os.PathLike, metrics: str | Sequence[str], reference: str
         if device is None:
             kw["device"] = str(state.device)
         items, _ = scan_dataset(dataset, reference)
-        # split_between_processes gives each process its contiguous slice (the same cut as shard_items)
         # split_between_processes gives each process its contiguous slice (the cut shard_items reproduces)
         with state.split_between_processes(list(range(len(items)))) as mine:
             indices = list(mine)

@@ -152,6 +152,41 @@ def test_interrupted_run_resumes(dataset, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(scores, full)
 
 
+def _open_cache_and_write(path, barrier, worker, errors):
+    from eval.cache import ScoreCache
+
+    barrier.wait()  # every process opens the new file at the same moment, as torchrun's ranks do
+    try:
+        with ScoreCache(path, timeout=20.0) as c:
+            c.put_many("psnr", "v1", [(f"{worker}-{i}", float(i)) for i in range(5)])
+    except Exception as e:  # reported to the parent: a child's traceback alone would not fail the test
+        errors.put(f"{type(e).__name__}: {e}")
+
+
+def test_cache_opened_by_many_processes_at_once(tmp_path):
+    """A new cache file opened by several processes at once: none fails with "database is locked"."""
+    import multiprocessing as mp
+
+    from eval.cache import ScoreCache
+
+    ctx = mp.get_context("fork")
+    errors = ctx.Queue()
+    n_proc, rounds = 6, 8
+    for r in range(rounds):
+        path = tmp_path / f"c{r}" / "score_cache.sqlite"
+        barrier = ctx.Barrier(n_proc)
+        procs = [ctx.Process(target=_open_cache_and_write, args=(path, barrier, w, errors)) for w in range(n_proc)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * n_proc
+        assert errors.empty(), errors.get()
+        with ScoreCache(path) as c:
+            assert len(c) == 5 * n_proc
+            assert c.get_many("psnr", "v1", ["3-4", "5-0"]) == {"3-4": 4.0, "5-0": 0.0}
+
+
 def test_shards_merge_equals_single_run(dataset, tmp_path):
     single, _ = runner_mod.compute_scores(dataset, ["psnr", "piqe"], "gt", verbose=False)
     parts = [runner_mod.compute_scores(dataset, ["psnr", "piqe"], "gt", shard=(i, 2), verbose=False)[0] for i in range(2)]
