@@ -892,3 +892,27 @@ def test_rater_calibration_fit_and_stage(tmp_path):
         train(dict(base, steps=0, calibration={"samples": 4}), tmp_path / "bad", progress=False)
     with pytest.raises(ValueError, match="unknown keys"):
         train(dict(cfg, calibration={"sample": 4}), tmp_path / "bad2", progress=False)
+
+
+def test_eval_rater_reports_each_type_ordering_and_scale():
+    """The rater validation's per-type breakdown, on a score whose values the test recomputes (mean brightness)."""
+    from vlmir.degradations import degrade
+    from vlmir.io import from_numpy
+    from vlmir.training.data import heldout_image
+    from vlmir.training.evaluate import eval_rater
+
+    def rate(x):
+        return {"score": float(x.mean())}
+
+    out = eval_rater(rate, photos=("chelsea",), severities=(1, 3), short_side=64)
+    assert out["n_images"] == 1 + 10 * 2
+    by = out["by_type"]
+    assert len(by) == 10 and set(by["low-light"]["mean_r_by_severity"]) == {"0", "1", "3"}
+    clean = heldout_image("chelsea", 64)
+    expect = [float(from_numpy(clean).mean())] + [float(from_numpy(degrade(clean, "low-light", s, seed=0)[0]).mean())
+                                                 for s in (1, 3)]
+    got = by["low-light"]["mean_r_by_severity"]
+    assert [got["0"], got["1"], got["3"]] == pytest.approx(expect, rel=1e-6)
+    assert by["low-light"]["spearman"] == pytest.approx(-1.0)  # darker with each severity
+    # the pooled numbers are the ones the cards quote, unchanged by the breakdown
+    assert out["mean_r_by_severity"]["0"] == pytest.approx(expect[0], rel=1e-6)

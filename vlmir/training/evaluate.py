@@ -8,7 +8,9 @@ severities 2 and 3 and seeds 0 and 1 (classification) or seed 0 (restoration), p
 - restorer: PSNR of the degraded input and of the restored output to the clean photo, per type; the gain; and
   PSNR of the restored clean photo to itself (should stay high: nothing to do);
 - rater: every type at severities 1..5 (seed 0) plus clean: Spearman correlation of the combined severity (0 for
-  clean) with the score r, and the share of (photo, type) pairs whose clean image scores above its severity-4 image.
+  clean) with the score r, and the share of (photo, type) pairs whose clean image scores above its severity-4 image;
+  per type, the Spearman correlation within the type (its severities and the clean photos) and the mean r by
+  severity, which show whether a low pooled correlation comes from a type's ordering or from its scale.
 
 ``python -m vlmir.training.evaluate --task all --out metrics.json`` (``--restorer/--encoder/--rater`` paths).
 """
@@ -117,6 +119,7 @@ def eval_rater(rate: Callable[[torch.Tensor], dict], *, photos: Sequence[str] = 
 
     sev, score, above = [], [], []
     per_level: dict[int, list[float]] = {}
+    per_type: dict[str, list[tuple[int, float]]] = {t: [] for t in DEGRADATIONS}
     for p in photos:
         clean = heldout_image(p, short_side)
         r_clean = float(rate(from_numpy(clean))["score"])
@@ -124,12 +127,14 @@ def eval_rater(rate: Callable[[torch.Tensor], dict], *, photos: Sequence[str] = 
         score.append(r_clean)
         per_level.setdefault(0, []).append(r_clean)
         for t in DEGRADATIONS:
+            per_type[t].append((0, r_clean))
             for s in severities:
                 lq, _ = degrade(clean, t, s, seed=seed)
                 r = float(rate(from_numpy(lq))["score"])
                 sev.append(s)
                 score.append(r)
                 per_level.setdefault(s, []).append(r)
+                per_type[t].append((s, r))
                 if s == 4:
                     above.append(r_clean > r)
     sp_all = float(spearmanr(sev, score).statistic)
@@ -141,7 +146,17 @@ def eval_rater(rate: Callable[[torch.Tensor], dict], *, photos: Sequence[str] = 
         "clean_above_severity4": float(np.mean(above)) if above else float("nan"),
         "mean_r_by_severity": {str(k): float(np.mean(v)) for k, v in sorted(per_level.items())},
         "n_images": len(sev),
+        "by_type": {t: _type_summary(v) for t, v in per_type.items()},
     }
+
+
+def _type_summary(pairs: list[tuple[int, float]]) -> dict[str, Any]:
+    """Spearman(severity, r) over one type's images and the clean photos, and its mean r by severity."""
+    from scipy.stats import spearmanr
+
+    s, r = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    sp = float(spearmanr(s, r).statistic) if len(set(s)) > 1 and len(set(r)) > 1 else float("nan")
+    return {"spearman": sp, "mean_r_by_severity": {str(k): float(r[s == k].mean()) for k in sorted(set(s.tolist()))}}
 
 
 def main(argv: list[str] | None = None) -> int:
