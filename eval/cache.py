@@ -68,7 +68,7 @@ class ScoreCache:
                 self._db.commit()
                 return
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                if not ("locked" in str(e) or "busy" in str(e)) or time.monotonic() > deadline:
                     raise
                 self._db.rollback()
                 time.sleep(random.uniform(0.01, 0.05))
