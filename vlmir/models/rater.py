@@ -53,7 +53,6 @@ def rater_features(f: dict[str, torch.Tensor], stats: torch.Tensor | None = None
     return torch.cat(parts + ([stats] if stats is not None else []), dim=-1)
 
 
-
 def image_rater_inputs(encoder: nn.Module, x: torch.Tensor, image_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's input (1, F) for one whole image ``x`` (1, 3, H, W) in [0, 1], as the rater sees it (the
     encoder's view-averaged outputs, ``DegradationAwareEncoder.embed``, and with ``image_stats`` the statistics
@@ -108,6 +107,7 @@ def tilt_to_mean(p: torch.Tensor, target: torch.Tensor, iterations: int = 60) ->
         mean = ((logp + mid[:, None] * levels).softmax(-1) * levels).sum(-1)
         lo, hi = torch.where(mean < target, mid, lo), torch.where(mean < target, hi, mid)
     return (logp + ((lo + hi) / 2)[:, None] * levels).softmax(-1)
+
 
 class VisibilityHead(nn.Module):
     """MLP from encoder features to five visibility-level logits (bad..excellent).

@@ -38,7 +38,6 @@ from vlmir.io import from_numpy
 from vlmir.training.common import stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 
-BLUR = "motion-blurry"
 DEFAULTS = {"images": 480, "severities": [1, 2, 3, 4, 5], "short_sides": list(WHOLE_PHOTO_SIDES), "pixels": 6000,
             "ridge": 1e-4}
 
@@ -50,7 +49,7 @@ def fit_deblur(net: torch.nn.Module, encoder: torch.nn.Module, cfg: dict[str, An
     place, conditioned by the frozen ``encoder``; returns the values to log."""
     from tqdm.auto import tqdm
 
-    from vlmir.models.embedded import EmbeddedRestorer
+    from vlmir.models.embedded import BLUR, EmbeddedRestorer  # BLUR: the type the restorer weighs the stage by
 
     ring = getattr(net, "deblur", None)
     if ring is None:

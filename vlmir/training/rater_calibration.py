@@ -99,6 +99,7 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
     r, q, c = torch.tensor(rs), torch.stack(qs), np.array(sev)
     target = 5.0 - 0.8 * torch.from_numpy(c).float()
     fold = photo_folds(photos, folds, seed)
+    before = _spearman(c, r.numpy())
     scores = {}
     for ridge in ridges:
         pred = torch.empty_like(r)
@@ -107,13 +108,13 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
             pred[fold == k] = (q[fold == k] * (a + b * r[fold == k, None])).sum(-1).clamp(1, 5)
         scores[ridge] = _spearman(c, pred.numpy())
         log.info(f"rater calibration ridge={ridge:g}: cross-validated Spearman {scores[ridge]:.3f} "
-                 f"(uncalibrated {_spearman(c, r.numpy()):.3f})")
+                 f"(uncalibrated {before:.3f})")
     best = min(ridges, key=lambda v: (scores[v], -v))  # most negative; ties: the stronger ridge
     a, b = fit_ab(r, q, target, best)
     cal.a.copy_(a.to(dev))
     cal.b.copy_(b.to(dev))
     fitted = _spearman(c, cal(r.to(dev), q.to(dev)).cpu().numpy())
     log.info(f"rater calibration: ridge {best:g} chosen, refitted on {n} images; Spearman on them "
-             f"{_spearman(c, r.numpy()):.3f} -> {fitted:.3f}")
+             f"{before:.3f} -> {fitted:.3f}")
     return {"calibration_ridge": best, "calibration_images": n, "calibration_cv_spearman": scores[best],
-            "calibration_spearman_before": _spearman(c, r.numpy()), "calibration_spearman_after": fitted}
+            "calibration_spearman_before": before, "calibration_spearman_after": fitted}
