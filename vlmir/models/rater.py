@@ -22,6 +22,12 @@ as poor and mild raindrops as clear, and a score that orders severities within e
 The level probabilities are then tilted to the calibrated mean (:func:`tilt_to_mean`), so ``r = sum_i i p_i``
 holds for what the rater reports.
 
+Optionally (``severity={...}``) the head carries a :class:`~vlmir.models.severity.SeverityNet` as
+:attr:`severity`, a small CNN trained for severity alone on the engine's crops; its score ``s``, averaged over
+the image's views (:func:`image_severity`), enters the calibration as a second term,
+``r' = sum_t q_t (a_t + b_t r + c_t s)``. The encoder's towers were trained to tell types apart and carry little
+of how strong a blur, a raindrop layer or a shadow is on unseen photos; ``s`` was trained for exactly that.
+
 Example::
 
     >>> head = VisibilityHead(feature_dim=2187)
@@ -36,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
+from vlmir.models.severity import SeverityNet
 
-__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "image_statistics",
-           "rater_features", "tilt_to_mean"]
+__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "image_severity",
+           "image_statistics", "rater_features", "rater_outputs", "tilt_to_mean"]
 
 # level words from score 1 to 5 (index i-1 holds level i)
 LEVELS_ASCENDING = ("bad", "poor", "fair", "good", "excellent")
@@ -70,28 +77,54 @@ def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool)
     return image_rater_inputs(encoder, x, image_stats)[0]
 
 
-class TypeCalibration(nn.Module):
-    """``r' = sum_t q_t (a_t + b_t r)``: a linear map of the score per type, mixed by the type probabilities q.
+def image_severity(severity: nn.Module, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The severity score (1,) of one image ``x`` (1, 3, H, W): ``severity`` (a :class:`SeverityNet`) averaged over
+    the encoder's views of it (the crops the rater's features come from)."""
+    return severity(encoder.views(x)).mean(0, keepdim=True)
 
-    Starts as the identity (a = 0, b = 1). ``a`` and ``b`` are buffers, set by least squares
+
+def rater_outputs(head: nn.Module, encoder: nn.Module,
+                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What the rater computes for one image ``x`` (1, 3, H, W) in [0, 1]: the head's level logits (1, 5), the
+    encoder's type probabilities q (1, K) and, when the head has a :attr:`VisibilityHead.severity` network, the
+    severity score (1,) (else None)."""
+    features, q = image_rater_inputs(encoder, x, head.image_stats)
+    severity = getattr(head, "severity", None)
+    s = image_severity(severity, encoder, x) if severity is not None else None
+    return head(features), q, s
+
+
+class TypeCalibration(nn.Module):
+    """``r' = sum_t q_t (a_t + b_t r [+ c_t s])``: a linear map of the score per type (and of the severity
+    network's score ``s`` with ``severity=True``), mixed by the type probabilities q.
+
+    Starts as the identity (a = 0, b = 1, c = 0). ``a``, ``b`` (and ``c``) are buffers, set by least squares
     (:mod:`vlmir.training.rater_calibration`).
 
     Args:
         n_names: K, the encoder's class names (the order of q).
+        severity: also map a severity score ``s`` (buffer ``c``). Default False.
     """
 
-    def __init__(self, n_names: int) -> None:
+    def __init__(self, n_names: int, severity: bool = False) -> None:
         super().__init__()
         if n_names < 1:
             raise ValueError(f"n_names must be >= 1, got {n_names}")
         self.register_buffer("a", torch.zeros(n_names))
         self.register_buffer("b", torch.ones(n_names))
+        self.register_buffer("c", torch.zeros(n_names) if severity else None)
 
-    def forward(self, r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Calibrated scores (B,) in [1, 5] of scores ``r`` (B,) with type probabilities ``q`` (B, K)."""
+    def forward(self, r: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated scores (B,) in [1, 5] of scores ``r`` (B,) with type probabilities ``q`` (B, K) and, for a
+        calibration with ``severity``, the severity scores ``s`` (B,)."""
         if q.shape != (r.shape[0], self.a.shape[0]):
             raise ValueError(f"expected type probabilities ({r.shape[0]}, {self.a.shape[0]}), got {tuple(q.shape)}")
-        return (q * (self.a + self.b * r[:, None])).sum(-1).clamp(1.0, 5.0)
+        if (s is None) != (self.c is None):
+            raise ValueError("severity scores s are needed exactly when the calibration has a severity term")
+        mapped = self.a + self.b * r[:, None]
+        if self.c is not None:
+            mapped = mapped + self.c * s.reshape(-1, 1)
+        return (q * mapped).sum(-1).clamp(1.0, 5.0)
 
 
 def tilt_to_mean(p: torch.Tensor, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
@@ -119,10 +152,12 @@ class VisibilityHead(nn.Module):
         image_stats: the features end with :func:`image_statistics` (included in ``feature_dim``). Default False.
         type_calibration: K > 0 adds a :class:`TypeCalibration` over the encoder's K names as :attr:`calibration`
             (module docstring; applied by the embedded rater, not by :meth:`forward`). Default 0: none.
+        severity: constructor arguments of a :class:`SeverityNet` to carry as :attr:`severity` (``{}`` for its
+            defaults); its score enters the calibration, so it needs ``type_calibration``. Default None: none.
     """
 
     def __init__(self, *, feature_dim: int, hidden: int = 128, dropout: float = 0.1, image_stats: bool = False,
-                 type_calibration: int = 0) -> None:
+                 type_calibration: int = 0, severity: dict | None = None) -> None:
         super().__init__()
         if feature_dim < 1 or hidden < 1:
             raise ValueError(f"feature_dim and hidden must be positive, got {feature_dim}, {hidden}")
@@ -130,9 +165,16 @@ class VisibilityHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if image_stats and feature_dim <= N_IMAGE_STATS:
             raise ValueError(f"feature_dim {feature_dim} must include the {N_IMAGE_STATS} image statistics")
+        if severity is not None and not type_calibration:
+            raise ValueError("a severity network enters the type calibration: set type_calibration as well")
         self.config = dict(feature_dim=feature_dim, hidden=hidden, dropout=dropout, image_stats=bool(image_stats),
                            type_calibration=int(type_calibration))
-        self.calibration = TypeCalibration(int(type_calibration)) if type_calibration else None
+        self.severity = None
+        if severity is not None:
+            self.severity = SeverityNet(**severity)
+            self.config["severity"] = dict(self.severity.config)
+        self.calibration = (TypeCalibration(int(type_calibration), severity=severity is not None)
+                            if type_calibration else None)
         self.image_stats = bool(image_stats)
         self.norm = nn.LayerNorm(feature_dim)
         self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 5))

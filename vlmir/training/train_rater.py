@@ -36,6 +36,10 @@ few distinct scenes for a 3174-feature head, so the shipped rater keeps the crop
 With ``model.type_calibration`` and a ``calibration`` block, the per-type calibration of the score is fitted after
 the steps (:mod:`vlmir.training.rater_calibration`; ``steps: 0`` with ``init_from`` fits it alone on a trained
 head).
+
+With ``model.severity`` (a :class:`~vlmir.models.severity.SeverityNet`'s arguments) and a ``severity`` block, the
+head's severity network is trained first (:mod:`vlmir.training.train_severity`); its score then enters the
+calibration. The head's own steps never update it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from vlmir.training.common import (
 )
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 from vlmir.training.rater_calibration import fit_rater_calibration
+from vlmir.training.train_severity import train_severity
 
 TARGETS = ("engine", "severity")
 
@@ -252,9 +257,16 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     init_from(head, cfg, log)  # e.g. fit only the type calibration of a trained head
     steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
+    own_params = [p for name, p in head.named_parameters() if not name.startswith("severity.")]
+    opt = torch.optim.AdamW(own_params, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
     data_cfg = dict(cfg.get("data", {}))
     data_cfg.setdefault("crop", encoder.image_size)
+    severity_logs: dict[str, Any] = {}
+    if "severity" in cfg:
+        if head.severity is None:
+            raise ValueError("a severity block needs a rater head built with model.severity")
+        severity_logs = train_severity(head.severity, {**cfg, "data": data_cfg}, out_dir, log, device=acc.device,
+                                       resume=resume, progress=progress)
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
     rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
@@ -289,6 +301,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     logs: dict[str, Any] = {}
     every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
     head.train()
+    if head.severity is not None:  # trained in its own stage; its batch norms keep their statistics
+        head.severity.eval()
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="rater", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
@@ -308,6 +322,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
                    ckpt_path=ckpt_path, model=head, optimizer=opt, sampler=sampler)
     bar.close()
+    logs.update(severity_logs)
     if "calibration" in cfg:  # after the steps: the per-type score calibration (vlmir.training.rater_calibration)
         logs.update(fit_rater_calibration(acc.unwrap_model(head), encoder, cfg, log, progress))
     return finish_run(steps, logs, architecture="VisibilityHead", cfg=cfg, out_dir=out_dir,
