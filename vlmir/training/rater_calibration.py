@@ -12,9 +12,8 @@ the head, ``r' = sum_t q_t (a_t + b_t r + c_t s)``, s its view-averaged score):
 2. rate each as the embedded rater does (view-averaged features, the frozen head) and read ``q`` (and ``s``);
 3. for each ridge weight in ``ridge``, fit ``a, b`` (and ``c``) by least squares against ``r* = 5 - 4 c / 5`` (c the
    combined severity, 0 clean), with ``ridge * n`` pulling toward the identity (a = 0, b = 1, c = 0), by
-   ``folds``-fold
-   cross-validation grouped by photo; keep the weight with the best out-of-fold Spearman correlation between
-   severity and r' (the validation's measure);
+   ``folds``-fold cross-validation grouped by photo; keep the weight with the best out-of-fold Spearman
+   correlation between severity and r' (the validation's measure);
 4. refit with it on all images.
 
 A rater config with ``model.type_calibration: K`` (the encoder's number of names) and a ``calibration`` block runs
@@ -114,7 +113,10 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
         photos.append(item["photo"])
     r, q, c = torch.tensor(rs), torch.stack(qs), np.array(sev)
     s = torch.tensor(ss) if with_s else None
-    sub = lambda m: None if s is None else s[m]  # noqa: E731
+
+    def sub(mask: torch.Tensor) -> torch.Tensor | None:  # the severity scores of a fold, when there are any
+        return None if s is None else s[mask]
+
     target = 5.0 - 0.8 * torch.from_numpy(c).float()
     fold = photo_folds(photos, folds, seed)
     before = _spearman(c, r.numpy())

@@ -48,8 +48,12 @@ def _bank_chunk(args: tuple[dict, int, int]) -> dict[str, torch.Tensor]:
     data_cfg, seed, n = args
     torch.set_num_threads(1)
     batch = PairSampler(DataConfig(**data_cfg), seed=seed).sample(n)
-    to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
-    return {"lq": to8(batch["lq"]), "clean": to8(batch["clean"]), "severity": batch["severity"].to(torch.int8)}
+    return {"lq": _to_uint8(batch["lq"]), "clean": _to_uint8(batch["clean"]),
+            "severity": batch["severity"].to(torch.int8)}
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def crop_bank(data_cfg: dict[str, Any], n: int, seed: int, workers: int = 1,
