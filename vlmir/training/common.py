@@ -64,6 +64,26 @@ def stage_options(cfg: dict[str, Any], block: str, defaults: dict[str, Any]) -> 
     return opts
 
 
+def load_or_build_bank(paths: list[Path], fingerprint: dict[str, Any], build: Any, save_to: Path,
+                       log: Any, what: str = "feature bank") -> dict[str, torch.Tensor]:
+    """The first bank among ``paths`` whose fingerprint matches, else ``build()``, saved (with its fingerprint) to
+    ``save_to``; a bank file that does not match is left as it is. ``what`` names the bank in the log."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            log.info(f"{what} loaded from {path}")
+            return saved["bank"]
+        log.info(f"{what} at {path} was made differently (fingerprint); rebuilding it")
+    t0 = time.perf_counter()
+    bank = build()
+    log.info(f"{what}: {fingerprint['n']} samples in {time.perf_counter() - t0:.0f} s")
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fingerprint": fingerprint, "bank": {k: v.cpu() for k, v in bank.items()}}, save_to)
+    return bank
+
+
 def make_accelerator(cfg: dict[str, Any]):
     """An ``accelerate.Accelerator`` (CPU unless a GPU is there and ``cpu`` is false) with torch threads set."""
     from accelerate import Accelerator

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from vlmir.training.common import (
     cosine_lr,
     finish_run,
     init_from,
+    load_or_build_bank,
     make_accelerator,
     resume_from,
     setup_logger,
@@ -182,26 +182,6 @@ def bank_fingerprint(encoder: torch.nn.Module, n: int, seed: int, data_cfg: dict
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return {"n": int(n), "seed": int(seed), "data": json.loads(json.dumps(data_cfg, sort_keys=True)),
             "image_stats": bool(image_stats), "encoder_sha1": h.hexdigest()}
-
-
-def load_or_build_bank(paths: list[Path], fingerprint: dict[str, Any], build: Any, save_to: Path,
-                       log: Any) -> dict[str, torch.Tensor]:
-    """The first bank among ``paths`` whose fingerprint matches, else ``build()``, saved (with its fingerprint) to
-    ``save_to``; a bank file that does not match is left as it is."""
-    for path in paths:
-        if not path.is_file():
-            continue
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == fingerprint:
-            log.info(f"feature bank loaded from {path}")
-            return saved["bank"]
-        log.info(f"feature bank at {path} was made differently (fingerprint); rebuilding it")
-    t0 = time.perf_counter()
-    bank = build()
-    log.info(f"feature bank: {fingerprint['n']} samples in {time.perf_counter() - t0:.0f} s")
-    save_to.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"fingerprint": fingerprint, "bank": {k: v.cpu() for k, v in bank.items()}}, save_to)
-    return bank
 
 
 def rater_losses(head: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, smoothing: float = 0.2,

@@ -21,22 +21,21 @@ Block (defaults)::
                  "bank": 24000, "bank_workers": 2, "clean_weight": 0.5, "rank_weight": 1.0, "rank_margin": 0.3,
                  "checkpoint_every": 500}
 
-Resumable: ``severity_checkpoint.pt`` (network, optimiser, step, torch RNG, wall time) every ``checkpoint_every``
-steps; a finished stage is not rerun.
+Resumable: ``severity_checkpoint.pt`` (network, optimiser, step, batch-draw generator, torch RNG, wall time)
+every ``checkpoint_every`` steps; a finished stage is not rerun.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from vlmir.training.common import Timer, cosine_lr, load_checkpoint, stage_options
+from vlmir.training.common import Timer, cosine_lr, load_or_build_bank, resume_from, save_checkpoint, stage_options
 from vlmir.training.data import DataConfig, PairSampler
 
 DEFAULTS = {"steps": 4000, "batch_size": 48, "lr": 0.002, "warmup": 100, "weight_decay": 0.01, "bank": 24000,
@@ -108,45 +107,26 @@ def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log
     data_cfg.setdefault("crop", 128)
     fingerprint = {"n": n_bank, "seed": seed + 7000, "chunk": CHUNK, "data": data_cfg}
     bank_path = out_dir / "severity_bank.pt"
-    bank = None
-    if bank_path.is_file():
-        saved = torch.load(bank_path, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == fingerprint:
-            bank = saved["bank"]
-            log.info(f"severity bank loaded from {bank_path}")
-    if bank is None:
-        t0 = time.perf_counter()
-        bank = crop_bank(data_cfg, n_bank, seed + 7000, int(opts["bank_workers"]), progress)
-        log.info(f"severity bank: {n_bank} crop pairs in {time.perf_counter() - t0:.0f} s")
-        torch.save({"fingerprint": fingerprint, "bank": bank}, bank_path)
+    bank = load_or_build_bank(
+        [bank_path], fingerprint, lambda: crop_bank(data_cfg, n_bank, seed + 7000, int(opts["bank_workers"]), progress),
+        bank_path, log, what="severity bank")
     opt = torch.optim.AdamW(net.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
     ckpt_path = out_dir / "severity_checkpoint.pt"
-    step, spent = 0, 0.0
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        step, spent = int(state["step"]), float(state["wall_s"])
-        log.info(f"severity: resumed from {ckpt_path} at step {step}")
+    # the batch draws come from their own generator, checkpointed as the "sampler" so a resume continues them
+    generator = torch.Generator().manual_seed(seed + 7500)
+    start, spent = (resume_from(ckpt_path, model=net, optimizer=opt, sampler=generator, log=log)
+                    if resume else (0, 0.0))
     timer = Timer(spent)
     ck_every = int(opts["checkpoint_every"])
     weights = {k: float(opts[k]) for k in ("clean_weight", "rank_weight", "rank_margin")}
-    generator = torch.Generator().manual_seed(seed + 7500)
-    if step:  # the batch draws continue where the run stopped
-        for _ in range(step):
-            torch.randint(0, n_bank, (bs,), generator=generator)
-            torch.rand(2, generator=generator)
     logs: dict[str, float] = {}
 
     def save(at: int) -> None:
-        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                 "torch_rng": torch.get_rng_state(), "wall_s": timer.elapsed()}
-        torch.save(state, ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        save_checkpoint(ckpt_path, model=net, optimizer=opt, step=at, sampler_state=generator.get_state(),
+                        extra={"wall_s": timer.elapsed()})
 
     net.to(device).train()
-    bar = tqdm(range(step, steps), initial=step, total=steps, desc="severity", disable=not progress)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="severity", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, float(opts["lr"]), int(opts["warmup"]))
@@ -167,7 +147,7 @@ def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log
         if (step + 1) % ck_every == 0:
             save(step + 1)
     bar.close()
-    if steps and not (ckpt_path.is_file() and int(load_checkpoint(ckpt_path)["step"]) == steps):
+    if start < steps and steps % ck_every:  # the last step was not checkpointed in the loop
         save(steps)
     net.eval()
     return {**{k: round(v, 4) for k, v in logs.items()}, "severity_steps": steps, "severity_bank": n_bank,

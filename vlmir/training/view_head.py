@@ -41,9 +41,9 @@ import torch.nn.functional as F
 
 from vlmir.io import from_numpy
 from vlmir.models.encoder import DegradationAwareEncoder, ViewHead
-from vlmir.training.common import stage_options
+from vlmir.training.common import load_or_build_bank, stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
-from vlmir.training.train_rater import bank_fingerprint, load_or_build_bank
+from vlmir.training.train_rater import bank_fingerprint
 
 DEFAULTS = {"samples": 4200, "folds": 6, "l2": [1.0, 5.0, 20.0, 50.0, 200.0], "iterations": 300, "images": "photos",
             "short_sides": list(WHOLE_PHOTO_SIDES)}
