@@ -119,7 +119,8 @@ def _run_until(cfg: dict, out_dir, steps: int) -> None:
 
 
 def test_calibration_with_a_severity_term():
-    from vlmir.training.rater_calibration import apply_fit, fit_ab
+    from vlmir.models.rater import calibrated_score
+    from vlmir.training.rater_calibration import fit_ab
 
     cal = TypeCalibration(2, severity=True)
     r, s = torch.tensor([2.0, 4.0]), torch.tensor([3.0, 1.0])
@@ -140,8 +141,8 @@ def test_calibration_with_a_severity_term():
     q = F.one_hot(torch.randint(0, 3, (300,), generator=g), 3).float()
     r, s = 1 + 4 * torch.rand(300, generator=g), 1 + 4 * torch.rand(300, generator=g)
     w0 = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.0, 0.4, -0.3]))
-    target = apply_fit(w0, r, q, s)
-    inside = (target > 1) & (target < 5)  # apply_fit clamps to [1, 5]; fit where the map is linear
+    target = calibrated_score(r, q, *w0, s=s)
+    inside = (target > 1) & (target < 5)  # the score is clamped to [1, 5]; fit where the map is linear
     w = fit_ab(r[inside], q[inside], (q * (w0[0] + w0[1] * r[:, None] + w0[2] * s[:, None])).sum(-1)[inside], 0.0,
                s[inside])
     assert len(w) == 3 and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(w, w0, strict=True))

@@ -44,8 +44,8 @@ from torch import nn
 from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
 from vlmir.models.severity import SeverityNet
 
-__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "image_severity",
-           "image_statistics", "rater_features", "rater_outputs", "tilt_to_mean"]
+__all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "calibrated_score",
+           "image_severity", "image_statistics", "rater_features", "rater_outputs", "tilt_to_mean"]
 
 # level words from score 1 to 5 (index i-1 holds level i)
 LEVELS_ASCENDING = ("bad", "poor", "fair", "good", "excellent")
@@ -94,6 +94,16 @@ def rater_outputs(head: nn.Module, encoder: nn.Module,
     return head(features), q, s
 
 
+def calibrated_score(r: torch.Tensor, q: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None,
+                     s: torch.Tensor | None = None) -> torch.Tensor:
+    """``r' = sum_t q_t (a_t + b_t r [+ c_t s])`` (B,) clamped to [1, 5], for scores ``r`` (B,), type probabilities
+    ``q`` (B, K), per-type weights ``a``, ``b`` (and ``c``) (K,) and severity scores ``s`` (B,)."""
+    mapped = a + b * r[:, None]
+    if c is not None:
+        mapped = mapped + c * s.reshape(-1, 1)
+    return (q * mapped).sum(-1).clamp(1.0, 5.0)
+
+
 class TypeCalibration(nn.Module):
     """``r' = sum_t q_t (a_t + b_t r [+ c_t s])``: a linear map of the score per type (and of the severity
     network's score ``s`` with ``severity=True``), mixed by the type probabilities q.
@@ -121,10 +131,7 @@ class TypeCalibration(nn.Module):
             raise ValueError(f"expected type probabilities ({r.shape[0]}, {self.a.shape[0]}), got {tuple(q.shape)}")
         if (s is None) != (self.c is None):
             raise ValueError("severity scores s are needed exactly when the calibration has a severity term")
-        mapped = self.a + self.b * r[:, None]
-        if self.c is not None:
-            mapped = mapped + self.c * s.reshape(-1, 1)
-        return (q * mapped).sum(-1).clamp(1.0, 5.0)
+        return calibrated_score(r, q, self.a, self.b, self.c, s)
 
 
 def tilt_to_mean(p: torch.Tensor, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vlmir.io import from_numpy
-from vlmir.models.rater import rater_outputs
+from vlmir.models.rater import calibrated_score, rater_outputs
 from vlmir.training.common import stage_options
 from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 
@@ -58,13 +58,6 @@ def fit_ab(r: torch.Tensor, q: torch.Tensor, target: torch.Tensor, ridge: float,
     w = torch.linalg.solve(x.t() @ x + ridge * n * torch.eye(m, dtype=torch.float64),
                            x.t() @ target.double() + ridge * n * prior)
     return tuple(part.float() for part in w.split(k))
-
-
-def apply_fit(w: tuple[torch.Tensor, ...], r: torch.Tensor, q: torch.Tensor,
-              s: torch.Tensor | None = None) -> torch.Tensor:
-    """``r'`` (n,) in [1, 5] of a :func:`fit_ab` result."""
-    mapped = w[0] + w[1] * r[:, None] + (w[2] * s[:, None] if s is not None else 0.0)
-    return (q * mapped).sum(-1).clamp(1, 5)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,7 +118,7 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
         pred = torch.empty_like(r)
         for k in range(folds):
             w = fit_ab(r[fold != k], q[fold != k], target[fold != k], ridge, sub(fold != k))
-            pred[fold == k] = apply_fit(w, r[fold == k], q[fold == k], sub(fold == k))
+            pred[fold == k] = calibrated_score(r[fold == k], q[fold == k], *w, s=sub(fold == k))
         scores[ridge] = _spearman(c, pred.numpy())
         log.info(f"rater calibration ridge={ridge:g}: cross-validated Spearman {scores[ridge]:.3f} "
                  f"(uncalibrated {before:.3f})")
