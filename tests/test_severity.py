@@ -178,6 +178,10 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
         s = image_severity(rater.head.severity, rater.encoder, x)
         expect = float(rater.head.calibration(raw, q, s)[0])
     assert out["score"] == pytest.approx(expect, abs=1e-3)
+    from vlmir.training.card import write_card
+
+    card = write_card(tmp_path / "run" / "final", "rater", {}, command="python -m vlmir train rater").read_text()
+    assert "r' = sum_t q_t (a_t + b_t r + c_t s)" in card and "`SeverityNet`" in card
     with pytest.raises(ValueError, match="type_calibration"):
         VisibilityHead(feature_dim=10, severity={})
     with pytest.raises(ValueError, match="model.severity"):

@@ -48,10 +48,13 @@ _DEBLUR = (" After the network, a fitted isotropic linear deblurring filter (`de
            "outputs for motion-blurred training photos, `vlmir/training/deblur.py`) is blended in with the "
            "encoder's probability of `motion-blurry`: y + p (ring(y) - y).")
 _CALIB = (" The score is then calibrated per degradation type (`type_calibration: {k}`, `TypeCalibration`, "
-          "`vlmir/training/rater_calibration.py`): r' = sum_t q_t (a_t + b_t r), with q the encoder's type "
-          "probabilities (its view head) and a, b fitted by least squares on whole training photos against "
+          "`vlmir/training/rater_calibration.py`): r' = sum_t q_t (a_t + b_t r{term}), with q the encoder's type "
+          "probabilities (its view head) and a, b{weights} fitted by least squares on whole training photos against "
           "r* = 5 - 4c/5; the level probabilities are tilted to the calibrated mean (the distribution closest to "
-          "the head's in KL divergence with mean r'), so r = sum_i i p_i still holds.")
+          "the head's in KL divergence with mean r'), so r = sum_i i p_i still holds.{severity}")
+_SEVERITY = (" s is the view-averaged score of the head's severity network (`model.severity`, `SeverityNet`, "
+             "`vlmir/models/severity.py`): a small CNN trained for severity alone on the engine's crops "
+             "(`vlmir/training/train_severity.py`).")
 _GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
          False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
                 "returns a clean input unchanged"}
@@ -145,9 +148,16 @@ def _steps_line(cfg: dict[str, Any], train: dict[str, Any]) -> str:
                 f"{_fmt(train.get('view_head_cv_balanced', '?'))} against "
                 f"{_fmt(train.get('view_head_cv_balanced_plain', '?'))} for the plain mean of views; seed "
                 f"{cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
-    if "calibration" in cfg and not steps:  # a run that fits the rater's type calibration alone
-        return (f"- no optimiser steps: the head is that of `init_from` ({cfg.get('init_from')}), unchanged; this "
-                f"run fits the per-type calibration alone on {train.get('calibration_images', '?')} whole "
+    if "calibration" in cfg and not steps:  # a run that fits the rater's type calibration (after a severity stage)
+        sev = cfg.get("severity")
+        first = ("the head's MLP is that of `init_from` ({src}), unchanged; this run trains the severity network "
+                 "({n} steps at batch {bs} on a bank of {bank} crop pairs) and then fits the per-type calibration"
+                 .format(src=cfg.get("init_from"), n=train.get("severity_steps", "?"), bs=sev.get("batch_size", 48),
+                         bank=train.get("severity_bank", "?"))
+                 if sev is not None else
+                 f"the head is that of `init_from` ({cfg.get('init_from')}), unchanged; this run fits the per-type "
+                 "calibration alone")
+        return (f"- no optimiser steps: {first} on {train.get('calibration_images', '?')} whole "
                 f"training photos, with the ridge {_fmt(train.get('calibration_ridge', '?'))} chosen among "
                 f"{cfg['calibration'].get('ridge')} by {cfg['calibration'].get('folds', 6)}-fold cross-validation "
                 f"grouped by photo: Spearman(severity, r) {_fmt(train.get('calibration_cv_spearman', '?'))} out of "
@@ -183,7 +193,10 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
     view = _VIEW.format(holes=_HOLES if model.get("view_head_holes") else "") if model.get("view_head") else ""
     deblur = _DEBLUR.format(radius=model["deblur_radius"]) if model.get("deblur_radius") else ""
-    calib = _CALIB.format(k=model["type_calibration"]) if model.get("type_calibration") else ""
+    sev = model.get("severity") is not None
+    calib = (_CALIB.format(k=model["type_calibration"], term=" + c_t s" if sev else "", weights=", c" if sev else "",
+                           severity=_SEVERITY if sev else "")
+             if model.get("type_calibration") else "")
     what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated], view=view,
                        deblur=deblur, calib=calib)
     dtype = cfg.get("export_dtype", "float32")
