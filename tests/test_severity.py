@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from vlmir.models.encoder import DegradationAwareEncoder
 from vlmir.models.rater import TypeCalibration, VisibilityHead
 from vlmir.models.severity import SeverityNet
-from vlmir.training.data import CLASS_NAMES
-from vlmir.training.train_severity import crop_bank, severity_losses, train_severity
+from vlmir.training.data import CLASS_NAMES, DataConfig, PairSampler
+from vlmir.training.train_severity import LOCAL_TYPES, crop_bank, severity_losses, train_severity
 
 TINY_ENCODER = dict(embed_dim=32, image_size=64, vision_width=8, vision_head_width=16, text_width=16, text_heads=2,
                     text_layers=1, context_length=8)
@@ -28,11 +28,70 @@ def test_severity_net_scores_each_crop_and_checks_its_input():
     s = net(x)
     assert s.shape == (3,) and torch.isfinite(s).all()
     assert torch.allclose(net(x[1:2]), s[1:2], atol=1e-5)  # a crop's score does not depend on its batch
-    assert net.config == {"widths": [4, 8, 8], "hidden": 8}
+    assert net.config == {"widths": [4, 8, 8], "hidden": 8, "scale": False}
     with pytest.raises(ValueError, match="crops"):
         net(torch.rand(1, 1, 64, 64))
     with pytest.raises(ValueError, match="widths"):
         SeverityNet(widths=[8])
+
+
+def test_severity_net_with_scale_reads_the_image_side():
+    torch.manual_seed(0)
+    net = SeverityNet(**TINY_NET, scale=True).eval()
+    assert net.config["scale"] is True
+    x = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="side"):
+        net(x)
+    with pytest.raises(ValueError, match="positive"):
+        net(x, side=0.0)
+    with torch.no_grad():
+        net.head[1].weight[:, -1] = 1.0  # make the side's input matter for certain
+        small, large = net(x, side=160.0), net(x, side=400.0)
+        per_crop = net(x, side=torch.tensor([160.0, 400.0]))
+    assert not torch.allclose(small, large, atol=1e-3)
+    assert torch.allclose(per_crop, torch.stack([small[0], large[1]]), atol=1e-5)
+
+
+def test_image_severity_gives_a_scale_net_the_side_the_views_were_cut_at():
+    from vlmir.models.rater import image_severity
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(**TINY_ENCODER).eval()
+    assert [enc.view_side(*hw) for hw in ((50, 90), (100, 120), (300, 400))] == [64, 100, 256]
+    net = SeverityNet(**TINY_NET, scale=True).eval()
+    with torch.no_grad():
+        net.head[1].weight[:, -1] = 1.0
+        for h, w in ((50, 90), (100, 120), (300, 400)):
+            x = torch.rand(1, 3, h, w)
+            views = enc.views(x)
+            assert min(views.shape[-2:]) == 64
+            expect = net(views, side=float(enc.view_side(h, w))).mean()
+            assert torch.allclose(image_severity(net, enc, x), expect.reshape(1), atol=1e-6)
+        plain = SeverityNet(**TINY_NET).eval()  # a network without the side: the views alone
+        x = torch.rand(1, 3, 100, 120)
+        assert torch.allclose(image_severity(plain, enc, x), plain(enc.views(x)).mean().reshape(1), atol=1e-6)
+
+
+def test_sampler_reports_each_crops_window_and_share_of_the_change():
+    batch = PairSampler(DataConfig(**{**TINY_DATA, "p_clean": 0.3}), seed=3).sample(24)
+    assert batch["window"].shape == (24,) and ((batch["window"] >= 64) & (batch["window"] <= 96)).all()
+    clean = batch["severity"] == 0
+    assert clean.any() and (batch["share"][clean] == 1).all()
+    # a crop as large as its window holds all of the change
+    whole = PairSampler(DataConfig(crop=64, window=[64, 64], p_clean=0.0, p_procedural=0.3), seed=3).sample(6)
+    assert torch.allclose(whole["share"], torch.ones(6), atol=1e-5)
+    # the sampler draws exactly what it drew before these fields: same crops from the same seed
+    again = PairSampler(DataConfig(**{**TINY_DATA, "p_clean": 0.3}), seed=3).sample(24)
+    assert torch.equal(batch["lq"], again["lq"]) and torch.equal(batch["share"], again["share"])
+
+
+def test_crop_severity_scales_only_by_the_share_capped():
+    from vlmir.training.train_severity import MAX_SHARE, crop_severity
+
+    sev = torch.tensor([0, 2, 4, 3, 5])
+    share = torch.tensor([1.0, 0.0, 0.5, 3.0, 1.0])
+    assert MAX_SHARE == 2.0
+    assert torch.equal(crop_severity(sev, share), torch.tensor([0.0, 0.0, 2.0, 5.0, 5.0]))
 
 
 def test_crop_bank_is_the_same_for_any_number_of_workers():
@@ -44,6 +103,13 @@ def test_crop_bank_is_the_same_for_any_number_of_workers():
     clean = one["severity"] == 0
     assert torch.equal(one["lq"][clean], one["clean"][clean])  # clean pairs are the same crop twice
     assert not torch.equal(one["lq"][~clean], one["clean"][~clean])
+    assert set(one) == {"lq", "clean", "severity", "window", "share"}
+    # the share is kept for crops of the local types alone, else 1
+    batch = PairSampler(DataConfig(**TINY_DATA), seed=5).sample(40)
+    local = torch.tensor([bool(t) and all(n in LOCAL_TYPES for n in t) for t in batch["types"]])
+    assert local.any() and (batch["share"][~local & (batch["severity"] > 0)] != 1).any()
+    expect = torch.where(local, batch["share"], torch.ones(40))
+    assert torch.equal(one["share"], expect) and torch.equal(one["window"], batch["window"].to(torch.int16))
 
 
 def test_severity_losses_values():
@@ -161,7 +227,7 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     enc_dir = tmp_path / "enc"
     export_weights(enc_dir, model=enc, model_config=enc.config, train_config={"kind": "encoder"})
     cfg = {"kind": "rater", "encoder": str(enc_dir), "steps": 2, "batch_size": 4, "threads": 1, "data": TINY_DATA,
-           "model": {"hidden": 16, "type_calibration": len(CLASS_NAMES), "severity": TINY_NET},
+           "model": {"hidden": 16, "type_calibration": len(CLASS_NAMES), "severity": {**TINY_NET, "scale": True}},
            "severity": {"steps": 6, "batch_size": 8, "bank": 24, "bank_workers": 1, "warmup": 1},
            "calibration": {"samples": 16, "folds": 2, "ridge": [0.01, 1.0], "short_sides": [64, 80]}}
     logs = train(cfg, tmp_path / "run", progress=False)
@@ -169,7 +235,7 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     state = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert "calibration.c" in state and any(k.startswith("severity.") for k in state)
     rater = build_rater(path=tmp_path / "run" / "final", encoder_path=enc_dir)
-    assert rater.head.severity is not None and not rater.head.severity.training
+    assert rater.head.severity is not None and not rater.head.severity.training and rater.head.severity.scale
     x = torch.rand(1, 3, 70, 90)
     out = rater.rate(x)
     with torch.no_grad():
@@ -181,7 +247,7 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     from vlmir.training.card import write_card
 
     card = write_card(tmp_path / "run" / "final", "rater", {}, command="python -m vlmir train rater").read_text()
-    assert "r' = sum_t q_t (a_t + b_t r + c_t s)" in card and "`SeverityNet`" in card
+    assert "r' = sum_t q_t (a_t + b_t r + c_t s)" in card and "`SeverityNet`" in card and "log2(side / 256)" in card
     with pytest.raises(ValueError, match="type_calibration"):
         VisibilityHead(feature_dim=10, severity={})
     with pytest.raises(ValueError, match="model.severity"):

@@ -306,6 +306,11 @@ class DegradationAwareEncoder(nn.Module):
         return self.logit_scale() * F.normalize(degradation, dim=-1) @ self.name_embeddings().t()
 
     # -- images of any size ------------------------------------------------------------------------------------
+    def view_side(self, h: int, w: int) -> int:
+        """The short side of an (h, w) image after :meth:`views` rescales it: the image's own, clamped to
+        [S, 4 S] (S the crop side)."""
+        return min(max(min(int(h), int(w)), self.image_size), 4 * self.image_size)
+
     def views(self, x: torch.Tensor, max_views: int = 9) -> torch.Tensor:
         """Up to ``max_views`` crops (V, 3, S, S) of one image ``x`` (1, 3, H, W), on an even grid at native resolution.
 
@@ -318,9 +323,9 @@ class DegradationAwareEncoder(nn.Module):
             raise ValueError(f"max_views must be >= 1, got {max_views}")
         s = self.image_size
         h, w = x.shape[-2:]
-        short = min(h, w)
-        if short < s or short > 4 * s:
-            f = (s if short < s else 4 * s) / short
+        side = self.view_side(h, w)
+        if side != min(h, w):
+            f = side / min(h, w)
             x = F.interpolate(x, size=(max(s, round(h * f)), max(s, round(w * f))), mode="bilinear",
                               align_corners=False, antialias=f < 1)
             h, w = x.shape[-2:]

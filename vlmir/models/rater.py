@@ -79,8 +79,12 @@ def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool)
 
 def image_severity(severity: nn.Module, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The severity score (1,) of one image ``x`` (1, 3, H, W): ``severity`` (a :class:`SeverityNet`) averaged over
-    the encoder's views of it (the crops the rater's features come from)."""
-    return severity(encoder.views(x)).mean(0, keepdim=True)
+    the encoder's views of it (the crops the rater's features come from); a network with ``scale`` also reads the
+    short side the views were cut at."""
+    views = encoder.views(x)
+    if not severity.scale:
+        return severity(views).mean(0, keepdim=True)
+    return severity(views, side=float(encoder.view_side(*x.shape[-2:]))).mean(0, keepdim=True)
 
 
 def rater_outputs(head: nn.Module, encoder: nn.Module,

@@ -13,6 +13,12 @@ stages of two 3x3 convolutions with batch norm, each halving the resolution; the
 every stage's maps over space (a multi-scale description of contrast and detail) go through an MLP to the score.
 About 92 thousand parameters with the default widths; a 128 px crop costs about 18 million multiply-adds.
 
+With ``scale=True`` the MLP also reads ``log2(side / 256)``, ``side`` the short side of the image the crop was cut
+from at native resolution. Our engine sizes the spatial degradations to the image (a blur trajectory's extent, rain
+streaks, drops and flakes are fractions of the short side), and a viewer judges them against the whole picture: the
+same 12 px of shake is a mild blur on a 400 px image and a severe one on a 160 px image. Without the side a crop
+cannot tell those apart, and the score flattens between the severities.
+
 Example::
 
     >>> net = SeverityNet()
@@ -37,15 +43,17 @@ class SeverityNet(nn.Module):
         widths: channels of the stem, then of each stage (each stage halves the resolution). Default
             ``(16, 24, 32, 48)``.
         hidden: width of the MLP over the pooled statistics. Default 128.
+        scale: also read the short side of the crops' image (``forward``'s ``side``). Default False.
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 24, 32, 48), hidden: int = 128) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 24, 32, 48), hidden: int = 128, scale: bool = False) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) < 2 or min(widths) < 1 or hidden < 1:
             raise ValueError(f"widths needs a stem and at least one stage of positive sizes, and hidden > 0; "
                              f"got widths={widths}, hidden={hidden}")
-        self.config = dict(widths=widths, hidden=int(hidden))
+        self.scale = bool(scale)
+        self.config = dict(widths=widths, hidden=int(hidden), scale=self.scale)
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 4, stride=2, padding=1), nn.GELU())
         stages, c = [], widths[0]
         for w in widths[1:]:
@@ -54,14 +62,25 @@ class SeverityNet(nn.Module):
             c = w
         self.stages = nn.ModuleList(stages)
         d = 2 * sum(widths)
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        # LayerNorm over the statistics, then the MLP (the side joins after the norm)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d + self.scale, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, side: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Scores (B,) of crops ``x`` (B, 3, H, W) in [0, 1]; a network with ``scale`` needs ``side``, the short
+        side in px of the image each crop was cut from (a number or (B,))."""
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 16:
             raise ValueError(f"expected crops (B, 3, H, W) with sides >= 16, got {tuple(x.shape)}")
+        if self.scale and side is None:
+            raise ValueError("this severity network reads the image's short side: pass side")
         h = self.stem((x - 0.45) / 0.25)
         pooled = [h.mean((2, 3)), h.std((2, 3))]
         for stage in self.stages:
             h = stage(h)
             pooled += [h.mean((2, 3)), h.std((2, 3))]
-        return 3.0 + self.head(torch.cat(pooled, dim=1))[:, 0]
+        z = self.head[0](torch.cat(pooled, dim=1))
+        if self.scale:
+            side = torch.as_tensor(side, dtype=z.dtype, device=z.device).reshape(-1).expand(z.shape[0])
+            if (side <= 0).any():
+                raise ValueError("side must be positive (px)")
+            z = torch.cat([z, torch.log2(side / 256.0)[:, None]], dim=1)
+        return 3.0 + self.head[1:](z)[:, 0]

@@ -54,7 +54,10 @@ _CALIB = (" The score is then calibrated per degradation type (`type_calibration
           "the head's in KL divergence with mean r'), so r = sum_i i p_i still holds.{severity}")
 _SEVERITY = (" s is the view-averaged score of the head's severity network (`model.severity`, `SeverityNet`, "
              "`vlmir/models/severity.py`): a small CNN trained for severity alone on the engine's crops "
-             "(`vlmir/training/train_severity.py`).")
+             "(`vlmir/training/train_severity.py`){scale}.")
+_SEVERITY_SCALE = (", reading also log2(side / 256) for the short side the views are cut at (`scale: true`; the "
+                   "engine sizes blur, streaks, drops and flakes to the image), with crops of raindrops, shadows and "
+                   "holes alone trained toward their window's severity times their share of the window's change")
 _GATE = {True: " scaled by a gate g(e) in (0, 1) predicted from the embeddings: y = x + g(e) R(x, e)",
          False: ": y = x + R(x, e), with no scalar gate (`gate: false`): the FiLM-conditioned residual itself "
                 "returns a clean input unchanged"}
@@ -195,7 +198,8 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     deblur = _DEBLUR.format(radius=model["deblur_radius"]) if model.get("deblur_radius") else ""
     sev = model.get("severity") is not None
     calib = (_CALIB.format(k=model["type_calibration"], term=" + c_t s" if sev else "", weights=", c" if sev else "",
-                           severity=_SEVERITY if sev else "")
+                           severity=_SEVERITY.format(
+                               scale=_SEVERITY_SCALE if model["severity"].get("scale") else "") if sev else "")
              if model.get("type_calibration") else "")
     what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated], view=view,
                        deblur=deblur, calib=calib)

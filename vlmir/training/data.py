@@ -195,7 +195,10 @@ class PairSampler:
     ``sample(n)`` returns a dict: ``clean`` and ``lq`` float32 tensors (n, 3, crop, crop) in [0, 1], ``target``
     (n, K) soft class labels over :data:`CLASS_NAMES` (uniform over the types of a mixture, ``clear`` for clean),
     ``visibility`` (n,) the engine's visibility score r in 1..5, ``types`` (list of lists), ``severity`` (n,) the
-    combined severity (0 clean).
+    combined severity (0 clean), ``window`` (n,) the side of the window each crop was cut from (the image the
+    degradation was sized to) and ``share`` (n,) the crop's share of its window's degradation: the mean absolute
+    change ``|lq - clean|`` over the crop divided by that over the window (1 for clean crops; about 1 for types that
+    cover the whole image, from 0 to several for those that cover part of it, such as a cast shadow).
     """
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
@@ -280,25 +283,31 @@ class PairSampler:
             out.append(_image_item(img, lq, meta, source))
         return out
 
-    def sample_one(self) -> tuple[np.ndarray, np.ndarray, list[str], int, int]:
-        """One ``(clean crop, degraded crop, types, combined severity, visibility score)``."""
+    def sample_one(self) -> dict:
+        """One crop pair: ``clean`` and ``lq`` (crop, crop, 3), ``types``, ``severity`` (combined), ``visibility``,
+        ``window`` and ``share`` (see the class docstring)."""
         cfg = self.config
         win, lq, meta, _ = self._degraded_window()
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
-        return win[sl], lq[sl], list(meta["types"]), _combined_severity(meta), int(meta["visibility_score"])
+        change = float(np.abs(lq - win).mean())
+        share = float(np.abs(lq[sl] - win[sl]).mean()) / change if meta["types"] and change > 1e-6 else 1.0
+        return {"clean": win[sl], "lq": lq[sl], "types": list(meta["types"]), "severity": _combined_severity(meta),
+                "visibility": int(meta["visibility_score"]), "window": s, "share": share}
 
     def sample(self, n: int) -> dict:
-        clean, lq, target, vis, sev, types = [], [], [], [], [], []
+        clean, lq, target, vis, sev, types, window, share = [], [], [], [], [], [], [], []
         for _ in range(n):
-            c, d, t, s, r = self.sample_one()
-            clean.append(c)
-            lq.append(d)
-            target.append(class_target(t))
-            vis.append(r)
-            sev.append(s)
-            types.append(t)
+            one = self.sample_one()
+            clean.append(one["clean"])
+            lq.append(one["lq"])
+            target.append(class_target(one["types"]))
+            vis.append(one["visibility"])
+            sev.append(one["severity"])
+            types.append(one["types"])
+            window.append(one["window"])
+            share.append(one["share"])
 
         def stack(arrs: Sequence[np.ndarray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrs).transpose(0, 3, 1, 2).copy()).float()
@@ -310,4 +319,6 @@ class PairSampler:
             "visibility": torch.tensor(vis, dtype=torch.float32),
             "severity": torch.tensor(sev),
             "types": types,
+            "window": torch.tensor(window),
+            "share": torch.tensor(share, dtype=torch.float32),
         }
