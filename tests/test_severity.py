@@ -249,6 +249,9 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     state = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
     assert "calibration.c" in state and "calibration.d" in state and any(k.startswith("severity.") for k in state)
     assert any(k.startswith("severity_whole.") for k in state)
+    kept = torch.load(tmp_path / "run" / "calibration_data.pt", weights_only=False)
+    assert kept["r"].shape == kept["s"].shape == kept["g"].shape == (16,) and kept["q"].shape == (16, len(CLASS_NAMES))
+    assert len(kept["photos"]) == 16 and kept["severity"].min() >= 0
     rater = build_rater(path=tmp_path / "run" / "final", encoder_path=enc_dir)
     assert rater.head.severity is not None and not rater.head.severity.training and rater.head.severity.scale
     x = torch.rand(1, 3, 70, 90)

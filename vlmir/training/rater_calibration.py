@@ -28,6 +28,7 @@ head::
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,9 +72,11 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: dict[str, Any],
-                          log: logging.Logger, progress: bool = True) -> dict[str, float]:
+                          log: logging.Logger, progress: bool = True,
+                          save_to: Path | None = None) -> dict[str, float]:
     """The whole stage (module docstring) on ``head`` (a :class:`VisibilityHead` with ``type_calibration``) in
-    place, with the frozen ``encoder``; returns the values to log."""
+    place, with the frozen ``encoder``; returns the values to log. ``save_to`` keeps what the fit was made from
+    (``r``, ``q``, ``s``, ``g``, ``severity``, ``photos``, ``folds``), for analysis and refits without a redraw."""
     from tqdm.auto import tqdm
 
     from vlmir.training.view_head import photo_folds  # (view_head imports train_rater, which imports this)
@@ -119,6 +122,9 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
 
     target = 5.0 - 0.8 * torch.from_numpy(c).float()
     fold = photo_folds(photos, folds, seed)
+    if save_to is not None:
+        torch.save({"r": r, "q": q, "s": s, "g": g, "severity": torch.from_numpy(c), "photos": photos,
+                    "folds": torch.as_tensor(fold)}, save_to)
     before = _spearman(c, r.numpy())
     cv = {}
     for ridge in ridges:

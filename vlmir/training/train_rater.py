@@ -307,7 +307,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     bar.close()
     logs.update(severity_logs)
     if "calibration" in cfg:  # after the steps: the per-type score calibration (vlmir.training.rater_calibration)
-        logs.update(fit_rater_calibration(acc.unwrap_model(head), encoder, cfg, log, progress))
+        logs.update(fit_rater_calibration(acc.unwrap_model(head), encoder, cfg, log, progress,
+                                          save_to=out_dir / "calibration_data.pt"))
     return finish_run(steps, logs, architecture="VisibilityHead", cfg=cfg, out_dir=out_dir,
                       export=export, log=log, timer=timer, acc=acc, ckpt_path=ckpt_path,
                       model=head, optimizer=opt, sampler=sampler)
