@@ -205,32 +205,20 @@ def test_calibration_with_a_severity_term():
 
     g = torch.Generator().manual_seed(0)
     q = F.one_hot(torch.randint(0, 3, (300,), generator=g), 3).float()
-    r, s, v = (1 + 4 * torch.rand(300, generator=g) for _ in range(3))
-    w0 = {"a": torch.tensor([0.5, -1.0, 2.0]), "b": torch.tensor([1.0, 0.5, 0.2]), "c": torch.tensor([0.0, 0.4, -0.3]),
-          "d": torch.tensor([0.3, -0.2, 0.1])}
-    for terms in (("c",), ("d",), ("c", "d")):  # the views' term, the whole image's, both
-        w_true = {k: w0[k] for k in ("a", "b", *terms)}
-        scores = {"s": s if "c" in terms else None, "g": v if "d" in terms else None}
-        mapped = w_true["a"] + w_true["b"] * r[:, None] + sum(w_true[k] * x[:, None] for k, x in
-                                                              (("c", s), ("d", v)) if k in terms)
-        target = calibrated_score(r, q, **w_true, **scores)
-        assert torch.allclose(target, (q * mapped).sum(-1).clamp(1, 5))
-        inside = (target > 1) & (target < 5)  # the score is clamped to [1, 5]; fit where the map is linear
-        w = fit_ab(r[inside], q[inside], (q * mapped).sum(-1)[inside], 0.0,
-                   **{k: None if x is None else x[inside] for k, x in scores.items()})
-        assert set(w) == set(w_true) and all(torch.allclose(w[k], w_true[k], atol=1e-4) for k in w), terms
-    whole = TypeCalibration(3, whole=True)
-    whole.d.copy_(w0["d"])
-    assert torch.allclose(whole(r, q, g=v), calibrated_score(r, q, torch.zeros(3), torch.ones(3), d=w0["d"], g=v))
-    with pytest.raises(ValueError, match="whole-image"):
-        whole(r, q)
+    r, s = 1 + 4 * torch.rand(300, generator=g), 1 + 4 * torch.rand(300, generator=g)
+    w0 = (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 0.5, 0.2]), torch.tensor([0.0, 0.4, -0.3]))
+    target = calibrated_score(r, q, *w0, s=s)
+    inside = (target > 1) & (target < 5)  # the score is clamped to [1, 5]; fit where the map is linear
+    w = fit_ab(r[inside], q[inside], (q * (w0[0] + w0[1] * r[:, None] + w0[2] * s[:, None])).sum(-1)[inside], 0.0,
+               s[inside])
+    assert len(w) == 3 and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(w, w0, strict=True))
 
 
 def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     from safetensors.torch import load_file
 
     from vlmir.models.embedded import build_rater
-    from vlmir.models.rater import image_rater_inputs, image_severity, whole_view
+    from vlmir.models.rater import image_rater_inputs, image_severity
     from vlmir.training.common import export_weights
     from vlmir.training.train_rater import train
 
@@ -239,19 +227,16 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
     enc_dir = tmp_path / "enc"
     export_weights(enc_dir, model=enc, model_config=enc.config, train_config={"kind": "encoder"})
     cfg = {"kind": "rater", "encoder": str(enc_dir), "steps": 2, "batch_size": 4, "threads": 1, "data": TINY_DATA,
-           "model": {"hidden": 16, "type_calibration": len(CLASS_NAMES), "severity": {**TINY_NET, "scale": True},
-                     "severity_whole": TINY_NET},
+           "model": {"hidden": 16, "type_calibration": len(CLASS_NAMES), "severity": {**TINY_NET, "scale": True}},
            "severity": {"steps": 6, "batch_size": 8, "bank": 24, "bank_workers": 1, "warmup": 1},
-           "severity_whole": {"steps": 4, "batch_size": 8, "bank": 16, "bank_workers": 1, "warmup": 1},
            "calibration": {"samples": 16, "folds": 2, "ridge": [0.01, 1.0], "short_sides": [64, 80]}}
     logs = train(cfg, tmp_path / "run", progress=False)
-    assert logs["severity_steps"] == 6 and logs["severity_whole_steps"] == 4 and logs["calibration_images"] == 16
+    assert logs["severity_steps"] == 6 and logs["calibration_images"] == 16
     state = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
-    assert "calibration.c" in state and "calibration.d" in state and any(k.startswith("severity.") for k in state)
-    assert any(k.startswith("severity_whole.") for k in state)
+    assert "calibration.c" in state and any(k.startswith("severity.") for k in state)
     kept = torch.load(tmp_path / "run" / "calibration_data.pt", weights_only=False)
-    assert kept["r"].shape == kept["s"].shape == kept["g"].shape == (16,) and kept["q"].shape == (16, len(CLASS_NAMES))
-    assert len(kept["photos"]) == 16 and kept["severity"].min() >= 0
+    assert kept["r"].shape == kept["s"].shape == (16,) and kept["q"].shape == (16, len(CLASS_NAMES))
+    assert len(kept["photos"]) == 16 and kept["severity"].min() >= 0 and kept["folds"].shape == (16,)
     rater = build_rater(path=tmp_path / "run" / "final", encoder_path=enc_dir)
     assert rater.head.severity is not None and not rater.head.severity.training and rater.head.severity.scale
     x = torch.rand(1, 3, 70, 90)
@@ -260,15 +245,12 @@ def test_rater_run_trains_the_severity_net_and_the_rater_uses_it(tmp_path):
         feats, q = image_rater_inputs(rater.encoder, x, False)
         raw = rater.head.score(rater.head(feats))
         s = image_severity(rater.head.severity, rater.encoder, x)
-        g = rater.head.severity_whole(whole_view(x, 64))
-        assert whole_view(x, 64).shape[-2:] == (64, 82)
-        expect = float(rater.head.calibration(raw, q, s, g)[0])
+        expect = float(rater.head.calibration(raw, q, s)[0])
     assert out["score"] == pytest.approx(expect, abs=1e-3)
     from vlmir.training.card import write_card
 
     card = write_card(tmp_path / "run" / "final", "rater", {}, command="python -m vlmir train rater").read_text()
-    assert "r' = sum_t q_t (a_t + b_t r + c_t s + d_t g)" in card and "`SeverityNet`" in card
-    assert "log2(side / 256)" in card and "whole image" in card
+    assert "r' = sum_t q_t (a_t + b_t r + c_t s)" in card and "`SeverityNet`" in card and "log2(side / 256)" in card
     with pytest.raises(ValueError, match="type_calibration"):
         VisibilityHead(feature_dim=10, severity={})
     with pytest.raises(ValueError, match="model.severity"):

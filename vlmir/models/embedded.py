@@ -178,11 +178,11 @@ class EmbeddedRater(EmbeddedEncoderModel):
     @torch.no_grad()
     def rate(self, x: torch.Tensor) -> dict[str, Any]:
         x = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
-        logits, q, s, g = rater_outputs(self.head, self.encoder, x)
+        logits, q, s = rater_outputs(self.head, self.encoder, x)
         p = logits.softmax(-1)
         calibration = getattr(self.head, "calibration", None)
         if calibration is not None:  # the per-type calibrated score, and the levels tilted to it
-            p = tilt_to_mean(p, calibration(VisibilityHead.score(logits), q, s, g))
+            p = tilt_to_mean(p, calibration(VisibilityHead.score(logits), q, s))
         p = p[0]
         r = float((p * torch.arange(1, 6, dtype=p.dtype, device=p.device)).sum())
         probs = {LEVELS_ASCENDING[i]: float(p[i]) for i in range(4, -1, -1)}  # excellent first

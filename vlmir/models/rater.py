@@ -27,9 +27,6 @@ Optionally (``severity={...}``) the head carries a :class:`~vlmir.models.severit
 the image's views (:func:`image_severity`), enters the calibration as a second term,
 ``r' = sum_t q_t (a_t + b_t r + c_t s)``. The encoder's towers were trained to tell types apart and carry little
 of how strong a blur, a raindrop layer or a shadow is on unseen photos; ``s`` was trained for exactly that.
-A second one (``severity_whole={...}``, :attr:`severity_whole`) scores the whole image at once, resized to the
-views' side (:func:`whole_view`), and adds ``d_t g``: a crop inside a cast shadow is just a darker crop, and only
-the whole picture shows the shadow's outline and how much of the scene it darkens.
 
 Example::
 
@@ -48,7 +45,7 @@ from vlmir.models.image_stats import N_IMAGE_STATS, image_statistics
 from vlmir.models.severity import SeverityNet
 
 __all__ = ["LEVELS_ASCENDING", "N_IMAGE_STATS", "TypeCalibration", "VisibilityHead", "calibrated_score",
-           "image_severity", "image_statistics", "rater_features", "rater_outputs", "tilt_to_mean", "whole_view"]
+           "image_severity", "image_statistics", "rater_features", "rater_outputs", "tilt_to_mean"]
 
 # level words from score 1 to 5 (index i-1 holds level i)
 LEVELS_ASCENDING = ("bad", "poor", "fair", "good", "excellent")
@@ -80,51 +77,34 @@ def image_rater_features(encoder: nn.Module, x: torch.Tensor, image_stats: bool)
     return image_rater_inputs(encoder, x, image_stats)[0]
 
 
-def whole_view(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Image(s) ``x`` (B, 3, H, W) resized (bilinear, antialiased when shrinking) so the short side is ``side``:
-    the whole picture at once, as a viewer takes it in, for :attr:`VisibilityHead.severity_whole`."""
-    h, w = x.shape[-2:]
-    f = side / min(h, w)
-    size = (max(side, round(h * f)), max(side, round(w * f)))
-    if size == (h, w):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1).clamp(0, 1)
-
-
-def image_severity(severity: nn.Module, encoder: nn.Module, x: torch.Tensor, whole: bool = False) -> torch.Tensor:
+def image_severity(severity: nn.Module, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The severity score (1,) of one image ``x`` (1, 3, H, W): ``severity`` (a :class:`SeverityNet`) averaged over
-    the encoder's views of it (the crops the rater's features come from), or with ``whole`` its score of
-    :func:`whole_view` at the views' side S; a network with ``scale`` also reads the short side the views are cut
-    at (:meth:`~vlmir.models.encoder.DegradationAwareEncoder.view_side`)."""
-    crops = whole_view(x, encoder.image_size) if whole else encoder.views(x)
+    the encoder's views of it (the crops the rater's features come from); a network with ``scale`` also reads the
+    short side the views were cut at."""
+    views = encoder.views(x)
     if not severity.scale:
-        return severity(crops).mean(0, keepdim=True)
-    return severity(crops, side=float(encoder.view_side(*x.shape[-2:]))).mean(0, keepdim=True)
+        return severity(views).mean(0, keepdim=True)
+    return severity(views, side=float(encoder.view_side(*x.shape[-2:]))).mean(0, keepdim=True)
 
 
-def rater_outputs(head: nn.Module, encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def rater_outputs(head: nn.Module, encoder: nn.Module,
+                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """What the rater computes for one image ``x`` (1, 3, H, W) in [0, 1]: the head's level logits (1, 5), the
-    encoder's type probabilities q (1, K), and the severity scores s over the views and g of the whole image (1,)
-    of the head's :attr:`VisibilityHead.severity` and :attr:`VisibilityHead.severity_whole` networks (None for a
-    network the head does not carry)."""
+    encoder's type probabilities q (1, K) and, when the head has a :attr:`VisibilityHead.severity` network, the
+    severity score (1,) (else None)."""
     features, q = image_rater_inputs(encoder, x, head.image_stats)
-    severity, whole = getattr(head, "severity", None), getattr(head, "severity_whole", None)
+    severity = getattr(head, "severity", None)
     s = image_severity(severity, encoder, x) if severity is not None else None
-    g = image_severity(whole, encoder, x, whole=True) if whole is not None else None
-    return head(features), q, s, g
+    return head(features), q, s
 
 
 def calibrated_score(r: torch.Tensor, q: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None,
-                     s: torch.Tensor | None = None, d: torch.Tensor | None = None,
-                     g: torch.Tensor | None = None) -> torch.Tensor:
-    """``r' = sum_t q_t (a_t + b_t r [+ c_t s] [+ d_t g])`` (B,) clamped to [1, 5], for scores ``r`` (B,), type
-    probabilities ``q`` (B, K), per-type weights ``a``, ``b`` (and ``c``, ``d``) (K,) and severity scores ``s``
-    over the views and ``g`` of the whole image (B,)."""
+                     s: torch.Tensor | None = None) -> torch.Tensor:
+    """``r' = sum_t q_t (a_t + b_t r [+ c_t s])`` (B,) clamped to [1, 5], for scores ``r`` (B,), type probabilities
+    ``q`` (B, K), per-type weights ``a``, ``b`` (and ``c``) (K,) and severity scores ``s`` (B,)."""
     mapped = a + b * r[:, None]
     if c is not None:
         mapped = mapped + c * s.reshape(-1, 1)
-    if d is not None:
-        mapped = mapped + d * g.reshape(-1, 1)
     return (q * mapped).sum(-1).clamp(1.0, 5.0)
 
 
@@ -140,27 +120,22 @@ class TypeCalibration(nn.Module):
         severity: also map a severity score ``s`` (buffer ``c``). Default False.
     """
 
-    def __init__(self, n_names: int, severity: bool = False, whole: bool = False) -> None:
+    def __init__(self, n_names: int, severity: bool = False) -> None:
         super().__init__()
         if n_names < 1:
             raise ValueError(f"n_names must be >= 1, got {n_names}")
         self.register_buffer("a", torch.zeros(n_names))
         self.register_buffer("b", torch.ones(n_names))
         self.register_buffer("c", torch.zeros(n_names) if severity else None)
-        self.register_buffer("d", torch.zeros(n_names) if whole else None)
 
-    def forward(self, r: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None = None,
-                g: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated scores (B,) in [1, 5] of scores ``r`` (B,) with type probabilities ``q`` (B, K) and, for a
-        calibration with ``severity`` (``whole``), the severity scores ``s`` over the views (``g`` of the whole
-        image) (B,)."""
+        calibration with ``severity``, the severity scores ``s`` (B,)."""
         if q.shape != (r.shape[0], self.a.shape[0]):
             raise ValueError(f"expected type probabilities ({r.shape[0]}, {self.a.shape[0]}), got {tuple(q.shape)}")
         if (s is None) != (self.c is None):
             raise ValueError("severity scores s are needed exactly when the calibration has a severity term")
-        if (g is None) != (self.d is None):
-            raise ValueError("whole-image severity scores g are needed exactly when the calibration has that term")
-        return calibrated_score(r, q, self.a, self.b, self.c, s, self.d, g)
+        return calibrated_score(r, q, self.a, self.b, self.c, s)
 
 
 def tilt_to_mean(p: torch.Tensor, target: torch.Tensor, iterations: int = 60) -> torch.Tensor:
@@ -190,13 +165,10 @@ class VisibilityHead(nn.Module):
             (module docstring; applied by the embedded rater, not by :meth:`forward`). Default 0: none.
         severity: constructor arguments of a :class:`SeverityNet` to carry as :attr:`severity` (``{}`` for its
             defaults); its score enters the calibration, so it needs ``type_calibration``. Default None: none.
-        severity_whole: the same for :attr:`severity_whole`, a second network that scores the whole image at once
-            (:func:`whole_view`; its score g enters the calibration as ``d_t g``). Default None: none.
     """
 
     def __init__(self, *, feature_dim: int, hidden: int = 128, dropout: float = 0.1, image_stats: bool = False,
-                 type_calibration: int = 0, severity: dict | None = None,
-                 severity_whole: dict | None = None) -> None:
+                 type_calibration: int = 0, severity: dict | None = None) -> None:
         super().__init__()
         if feature_dim < 1 or hidden < 1:
             raise ValueError(f"feature_dim and hidden must be positive, got {feature_dim}, {hidden}")
@@ -204,7 +176,7 @@ class VisibilityHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if image_stats and feature_dim <= N_IMAGE_STATS:
             raise ValueError(f"feature_dim {feature_dim} must include the {N_IMAGE_STATS} image statistics")
-        if (severity is not None or severity_whole is not None) and not type_calibration:
+        if severity is not None and not type_calibration:
             raise ValueError("a severity network enters the type calibration: set type_calibration as well")
         self.config = dict(feature_dim=feature_dim, hidden=hidden, dropout=dropout, image_stats=bool(image_stats),
                            type_calibration=int(type_calibration))
@@ -212,12 +184,8 @@ class VisibilityHead(nn.Module):
         if severity is not None:
             self.severity = SeverityNet(**severity)
             self.config["severity"] = dict(self.severity.config)
-        self.severity_whole = None
-        if severity_whole is not None:
-            self.severity_whole = SeverityNet(**severity_whole)
-            self.config["severity_whole"] = dict(self.severity_whole.config)
-        self.calibration = (TypeCalibration(int(type_calibration), severity=severity is not None,
-                                            whole=severity_whole is not None) if type_calibration else None)
+        self.calibration = (TypeCalibration(int(type_calibration), severity=severity is not None)
+                            if type_calibration else None)
         self.image_stats = bool(image_stats)
         self.norm = nn.LayerNorm(feature_dim)
         self.net = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 5))

@@ -55,10 +55,6 @@ _CALIB = (" The score is then calibrated per degradation type (`type_calibration
 _SEVERITY = (" s is the view-averaged score of the head's severity network (`model.severity`, `SeverityNet`, "
              "`vlmir/models/severity.py`): a small CNN trained for severity alone on the engine's crops "
              "(`vlmir/training/train_severity.py`){scale}.")
-_SEVERITY_WHOLE = (" g is the score of a second `SeverityNet` (`model.severity_whole`) on the whole image at "
-                   "once, resized so its short side is the views' side (`whole_view`), trained on whole training "
-                   "windows resized the same way: a crop inside a cast shadow is just a darker crop, the whole "
-                   "picture shows the shadow.")
 _SEVERITY_SCALE = (", reading also log2(side / 256) for the short side the views are cut at (`scale: true`; the "
                    "engine sizes blur, streaks, drops and flakes to the image), with crops of raindrops, shadows and "
                    "holes alone trained toward their window's severity times their share of the window's change")
@@ -156,15 +152,12 @@ def _steps_line(cfg: dict[str, Any], train: dict[str, Any]) -> str:
                 f"{_fmt(train.get('view_head_cv_balanced_plain', '?'))} for the plain mean of views; seed "
                 f"{cfg.get('seed', 0)}, {cfg.get('threads', 1)} torch thread(s)")
     if "calibration" in cfg and not steps:  # a run that fits the rater's type calibration (after a severity stage)
-        sev, whole = cfg.get("severity"), cfg.get("severity_whole")
-        nets = [f"the {what} network ({train.get(f'{key}_steps', '?')} steps at batch {block.get('batch_size', 48)} "
-                f"on a bank of {train.get(f'{key}_bank', '?')} {pairs})"
-                for key, block, what, pairs in (("severity", sev, "severity", "crop pairs"),
-                                                ("severity_whole", whole, "whole-image severity", "whole windows"))
-                if block is not None]
-        first = (f"the head's MLP is that of `init_from` ({cfg.get('init_from')}), unchanged; this run trains "
-                 f"{' and '.join(nets)} and then fits the per-type calibration"
-                 if nets else
+        sev = cfg.get("severity")
+        first = ("the head's MLP is that of `init_from` ({src}), unchanged; this run trains the severity network "
+                 "({n} steps at batch {bs} on a bank of {bank} crop pairs) and then fits the per-type calibration"
+                 .format(src=cfg.get("init_from"), n=train.get("severity_steps", "?"), bs=sev.get("batch_size", 48),
+                         bank=train.get("severity_bank", "?"))
+                 if sev is not None else
                  f"the head is that of `init_from` ({cfg.get('init_from')}), unchanged; this run fits the per-type "
                  "calibration alone")
         return (f"- no optimiser steps: {first} on {train.get('calibration_images', '?')} whole "
@@ -203,12 +196,10 @@ def write_card(weights_dir: str | Path, kind: str, validation: dict[str, Any], *
     prior = _PRIOR.format(formula=formula, clean="the gate" if gated else "the conditioning")
     view = _VIEW.format(holes=_HOLES if model.get("view_head_holes") else "") if model.get("view_head") else ""
     deblur = _DEBLUR.format(radius=model["deblur_radius"]) if model.get("deblur_radius") else ""
-    sev, whole = model.get("severity") is not None, model.get("severity_whole") is not None
-    calib = (_CALIB.format(k=model["type_calibration"],
-                           term=(" + c_t s" if sev else "") + (" + d_t g" if whole else ""),
-                           weights=(", c" if sev else "") + (", d" if whole else ""),
-                           severity=(_SEVERITY.format(scale=_SEVERITY_SCALE if model["severity"].get("scale") else "")
-                                     if sev else "") + (_SEVERITY_WHOLE if whole else ""))
+    sev = model.get("severity") is not None
+    calib = (_CALIB.format(k=model["type_calibration"], term=" + c_t s" if sev else "", weights=", c" if sev else "",
+                           severity=_SEVERITY.format(
+                               scale=_SEVERITY_SCALE if model["severity"].get("scale") else "") if sev else "")
              if model.get("type_calibration") else "")
     what = what.format(prior=prior if model.get("prior") else "", stats=stats, gate=_GATE[gated], view=view,
                        deblur=deblur, calib=calib)

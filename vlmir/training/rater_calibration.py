@@ -5,8 +5,7 @@ severities well (held-out Spearman -0.8 to -0.98 on most types). Across types it
 the features by its own amount per severity step, so on whole photos mild blur scores as poor and mild raindrops
 as clear, and the pooled ranking suffers. This stage maps the score per type, ``r' = sum_t q_t (a_t + b_t r)``,
 with ``q`` the encoder's type probabilities (its view head), at the inference geometry (with a severity network in
-the head, ``r' = sum_t q_t (a_t + b_t r + c_t s)``, s its view-averaged score, and with a whole-image one also
-``+ d_t g``):
+the head, ``r' = sum_t q_t (a_t + b_t r + c_t s)``, s its view-averaged score):
 
 1. draw ``samples`` whole training photos (``PairSampler.sample_photos`` at ``short_sides``), degraded as the
    config's ``data`` block says;
@@ -42,26 +41,24 @@ from vlmir.training.data import WHOLE_PHOTO_SIDES, DataConfig, PairSampler
 DEFAULTS = {"samples": 2000, "folds": 6, "ridge": [0.01, 0.1, 1.0, 10.0], "short_sides": list(WHOLE_PHOTO_SIDES)}
 
 
-def calibration_design(r: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None = None,
-                       g: torch.Tensor | None = None) -> torch.Tensor:
-    """Least-squares design of ``r' = sum_t q_t a_t + sum_t q_t r b_t [+ sum_t q_t s c_t] [+ sum_t q_t g d_t]``:
-    ``[q, q * r]`` (n, 2K), then ``q * s`` and ``q * g`` for the severity scores that are given."""
-    cols = [q, q * r[:, None]] + [q * v[:, None] for v in (s, g) if v is not None]
+def calibration_design(r: torch.Tensor, q: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+    """Least-squares design of ``r' = sum_t q_t a_t + sum_t q_t r b_t [+ sum_t q_t s c_t]``: ``[q, q * r]`` (n, 2K),
+    or ``[q, q * r, q * s]`` (n, 3K) with severity scores ``s``."""
+    cols = [q, q * r[:, None]] + ([q * s[:, None]] if s is not None else [])
     return torch.cat(cols, dim=1)
 
 
-def fit_ab(r: torch.Tensor, q: torch.Tensor, target: torch.Tensor, ridge: float, s: torch.Tensor | None = None,
-           g: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The weights ``a, b`` (K,) minimising ``|design (a, b) - target|^2 + ridge * n * |(a, b) - (0, 1)|^2``, as
-    ``{"a": ..., "b": ...}``; with severity scores ``s`` (``g``) also ``c`` (``d``), pulled toward 0."""
-    x = calibration_design(r.double(), q.double(), None if s is None else s.double(), None if g is None else g.double())
+def fit_ab(r: torch.Tensor, q: torch.Tensor, target: torch.Tensor, ridge: float,
+           s: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """``a, b`` (K,) minimising ``|design (a, b) - target|^2 + ridge * n * |(a, b) - (0, 1)|^2``; with severity
+    scores ``s``, ``a, b, c`` with ``c`` pulled toward 0."""
+    x = calibration_design(r.double(), q.double(), None if s is None else s.double())
     k = q.shape[1]
-    names = ["a", "b"] + [name for name, v in (("c", s), ("d", g)) if v is not None]
-    prior = torch.cat([torch.ones(k) if name == "b" else torch.zeros(k) for name in names]).double()
+    prior = torch.cat([torch.zeros(k), torch.ones(k)] + ([torch.zeros(k)] if s is not None else [])).double()
     n, m = x.shape
     w = torch.linalg.solve(x.t() @ x + ridge * n * torch.eye(m, dtype=torch.float64),
                            x.t() @ target.double() + ridge * n * prior)
-    return {name: part.float() for name, part in zip(names, w.split(k), strict=True)}
+    return tuple(part.float() for part in w.split(k))
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,7 +73,7 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
                           save_to: Path | None = None) -> dict[str, float]:
     """The whole stage (module docstring) on ``head`` (a :class:`VisibilityHead` with ``type_calibration``) in
     place, with the frozen ``encoder``; returns the values to log. ``save_to`` keeps what the fit was made from
-    (``r``, ``q``, ``s``, ``g``, ``severity``, ``photos``, ``folds``), for analysis and refits without a redraw."""
+    (``r``, ``q``, ``s``, ``severity``, ``photos``, ``folds``), for analysis and refits without a redraw."""
     from tqdm.auto import tqdm
 
     from vlmir.training.view_head import photo_folds  # (view_head imports train_rater, which imports this)
@@ -98,48 +95,47 @@ def fit_rater_calibration(head: torch.nn.Module, encoder: torch.nn.Module, cfg: 
     head.eval()
     cal.a.zero_()
     cal.b.fill_(1.0)
-    terms = [name for name in ("c", "d") if getattr(cal, name) is not None]  # c: views' severity, d: whole image's
-    for name in terms:
-        getattr(cal, name).zero_()
-    rs, qs, sev, photos = [], [], [], []
-    scores: dict[str, list[float]] = {name: [] for name in terms}
+    with_s = cal.c is not None
+    if with_s:
+        cal.c.zero_()
+    rs, qs, ss, sev, photos = [], [], [], [], []
     for _ in tqdm(range(n), desc="calibration", disable=not progress):
         item = sampler.sample_photos(1, [int(v) for v in opts["short_sides"]])[0]
-        logits, q, s_img, g_img = rater_outputs(head, encoder, from_numpy(item["lq"]).to(dev))
+        logits, q, s_img = rater_outputs(head, encoder, from_numpy(item["lq"]).to(dev))
         rs.append(float(head.score(logits)[0]))
         qs.append(q[0].cpu())
-        for name, v in (("c", s_img), ("d", g_img)):
-            if name in terms:
-                scores[name].append(float(v[0]))
+        ss.append(float(s_img[0]) if with_s else 0.0)
         sev.append(float(item["severity"]))
         photos.append(item["photo"])
     r, q, c = torch.tensor(rs), torch.stack(qs), np.array(sev)
-    s = torch.tensor(scores["c"]) if "c" in terms else None
-    g = torch.tensor(scores["d"]) if "d" in terms else None
+    s = torch.tensor(ss) if with_s else None
 
-    def sub(mask: torch.Tensor) -> dict[str, torch.Tensor | None]:  # a fold's severity scores, where there are any
-        return {"s": None if s is None else s[mask], "g": None if g is None else g[mask]}
+    def sub(mask: torch.Tensor) -> torch.Tensor | None:  # the severity scores of a fold, when there are any
+        return None if s is None else s[mask]
 
     target = 5.0 - 0.8 * torch.from_numpy(c).float()
     fold = photo_folds(photos, folds, seed)
     if save_to is not None:
-        torch.save({"r": r, "q": q, "s": s, "g": g, "severity": torch.from_numpy(c), "photos": photos,
+        torch.save({"r": r, "q": q, "s": s, "severity": torch.from_numpy(c), "photos": photos,
                     "folds": torch.as_tensor(fold)}, save_to)
     before = _spearman(c, r.numpy())
-    cv = {}
+    scores = {}
     for ridge in ridges:
         pred = torch.empty_like(r)
         for k in range(folds):
-            w = fit_ab(r[fold != k], q[fold != k], target[fold != k], ridge, **sub(fold != k))
-            pred[fold == k] = calibrated_score(r[fold == k], q[fold == k], **w, **sub(fold == k))
-        cv[ridge] = _spearman(c, pred.numpy())
-        log.info(f"rater calibration ridge={ridge:g}: cross-validated Spearman {cv[ridge]:.3f} "
+            w = fit_ab(r[fold != k], q[fold != k], target[fold != k], ridge, sub(fold != k))
+            pred[fold == k] = calibrated_score(r[fold == k], q[fold == k], *w, s=sub(fold == k))
+        scores[ridge] = _spearman(c, pred.numpy())
+        log.info(f"rater calibration ridge={ridge:g}: cross-validated Spearman {scores[ridge]:.3f} "
                  f"(uncalibrated {before:.3f})")
-    best = min(ridges, key=lambda v: (cv[v], -v))  # most negative; ties: the stronger ridge
-    for name, v in fit_ab(r, q, target, best, s, g).items():
-        getattr(cal, name).copy_(v.to(dev))
-    fitted = _spearman(c, cal(r.to(dev), q.to(dev), *(None if v is None else v.to(dev) for v in (s, g))).cpu().numpy())
+    best = min(ridges, key=lambda v: (scores[v], -v))  # most negative; ties: the stronger ridge
+    w = fit_ab(r, q, target, best, s)
+    cal.a.copy_(w[0].to(dev))
+    cal.b.copy_(w[1].to(dev))
+    if with_s:
+        cal.c.copy_(w[2].to(dev))
+    fitted = _spearman(c, cal(r.to(dev), q.to(dev), None if s is None else s.to(dev)).cpu().numpy())
     log.info(f"rater calibration: ridge {best:g} chosen, refitted on {n} images; Spearman on them "
              f"{before:.3f} -> {fitted:.3f}")
-    return {"calibration_ridge": best, "calibration_images": n, "calibration_cv_spearman": cv[best],
+    return {"calibration_ridge": best, "calibration_images": n, "calibration_cv_spearman": scores[best],
             "calibration_spearman_before": before, "calibration_spearman_after": fitted}

@@ -39,8 +39,7 @@ head).
 
 With ``model.severity`` (a :class:`~vlmir.models.severity.SeverityNet`'s arguments) and a ``severity`` block, the
 head's severity network is trained first (:mod:`vlmir.training.train_severity`); its score then enters the
-calibration. The head's own steps never update it. ``model.severity_whole`` with a ``severity_whole`` block does
-the same for the network that scores the whole image.
+calibration. The head's own steps never update it.
 """
 
 from __future__ import annotations
@@ -238,17 +237,16 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     init_from(head, cfg, log)  # e.g. fit only the type calibration of a trained head
     steps, bs = int(cfg.get("steps", 400)), int(cfg.get("batch_size", 32))
     lr, warmup = float(cfg.get("lr", 2e-3)), int(cfg.get("warmup", 20))
-    own_params = [p for name, p in head.named_parameters() if not name.startswith(("severity.", "severity_whole."))]
+    own_params = [p for name, p in head.named_parameters() if not name.startswith("severity.")]
     opt = torch.optim.AdamW(own_params, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
     data_cfg = dict(cfg.get("data", {}))
     data_cfg.setdefault("crop", encoder.image_size)
     severity_logs: dict[str, Any] = {}
-    for stage in ("severity", "severity_whole"):  # the severity networks, each in its own stage
-        if stage in cfg:
-            if getattr(head, stage) is None:
-                raise ValueError(f"a {stage} block needs a rater head built with model.{stage}")
-            severity_logs.update(train_severity(getattr(head, stage), {**cfg, "data": data_cfg}, out_dir, log,
-                                                device=acc.device, resume=resume, progress=progress, stage=stage))
+    if "severity" in cfg:
+        if head.severity is None:
+            raise ValueError("a severity block needs a rater head built with model.severity")
+        severity_logs = train_severity(head.severity, {**cfg, "data": data_cfg}, out_dir, log, device=acc.device,
+                                       resume=resume, progress=progress)
     sampler = PairSampler(DataConfig(**data_cfg), seed=seed + 2000 + acc.process_index)
     smoothing, score_weight = float(cfg.get("smoothing", 0.2)), float(cfg.get("score_weight", 0.1))
     rank_weight, rank_margin = float(cfg.get("rank_weight", 0.0)), float(cfg.get("rank_margin", 0.25))
@@ -283,9 +281,8 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     logs: dict[str, Any] = {}
     every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
     head.train()
-    for net in (head.severity, head.severity_whole):  # trained in their own stages; batch norms keep their statistics
-        if net is not None:
-            net.eval()
+    if head.severity is not None:  # trained in its own stage; its batch norms keep their statistics
+        head.severity.eval()
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="rater", disable=not progress)
     for step in bar:
         for g in opt.param_groups:

@@ -29,11 +29,6 @@ Block (defaults)::
                  "bank": 24000, "bank_workers": 2, "clean_weight": 0.5, "rank_weight": 1.0, "rank_margin": 0.3,
                  "checkpoint_every": 500}
 
-The ``severity_whole`` stage trains the head's whole-image network (``model.severity_whole``, block
-``severity_whole`` with the same keys and defaults) the same way, on whole windows resized to the crop side
-(:func:`~vlmir.models.rater.whole_view`, as the rater resizes an image) with their window's severity (share 1):
-``severity_whole_bank.pt`` (seed ``seed + 8000 + k``), ``severity_whole_checkpoint.pt``.
-
 Resumable: ``severity_checkpoint.pt`` (network, optimiser, step, batch-draw generator, torch RNG, wall time)
 every ``checkpoint_every`` steps; a finished stage is not rerun.
 """
@@ -48,8 +43,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlmir.io import from_numpy
-from vlmir.models.rater import whole_view
 from vlmir.training.common import Timer, cosine_lr, load_or_build_bank, resume_from, save_checkpoint, stage_options
 from vlmir.training.data import DataConfig, PairSampler
 
@@ -60,8 +53,6 @@ CHUNK = 500  # crop pairs per bank chunk (one sampler seed each)
 LOCAL_TYPES = ("raindrop", "shadowed", "uncompleted")
 MAX_SHARE = 2.0  # a crop counts at most twice its window's severity (then clamped to 5)
 BANK_FIELDS = ("lq", "clean", "severity", "window", "share")
-# stage -> (its bank holds whole windows, not crops; seed offset of its bank, its batch draws at + 500)
-STAGES = {"severity": (False, 7000), "severity_whole": (True, 8000)}
 
 
 def crop_severity(severity: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
@@ -71,19 +62,10 @@ def crop_severity(severity: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     return (severity.float() * share.float().clamp(0, MAX_SHARE)).clamp(0, 5)
 
 
-def _bank_chunk(args: tuple[dict, int, int, bool]) -> dict[str, torch.Tensor]:
-    data_cfg, seed, n, whole = args
+def _bank_chunk(args: tuple[dict, int, int]) -> dict[str, torch.Tensor]:
+    data_cfg, seed, n = args
     torch.set_num_threads(1)
-    sampler = PairSampler(DataConfig(**data_cfg), seed=seed)
-    if whole:  # each window as a whole, resized to the crop side as the rater's whole view resizes an image
-        side = sampler.config.crop
-        items = sampler.sample_images(n)
-        view = [torch.cat([whole_view(from_numpy(it[k]), side) for it in items]) for k in ("lq", "clean")]
-        return {"lq": _to_uint8(view[0]), "clean": _to_uint8(view[1]),
-                "severity": torch.tensor([it["severity"] for it in items], dtype=torch.int8),
-                "window": torch.tensor([it["lq"].shape[0] for it in items], dtype=torch.int16),
-                "share": torch.ones(n)}
-    batch = sampler.sample(n)
+    batch = PairSampler(DataConfig(**data_cfg), seed=seed).sample(n)
     local = torch.tensor([bool(t) and all(name in LOCAL_TYPES for name in t) for t in batch["types"]])
     return {"lq": _to_uint8(batch["lq"]), "clean": _to_uint8(batch["clean"]),
             "severity": batch["severity"].to(torch.int8), "window": batch["window"].to(torch.int16),
@@ -94,23 +76,21 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def crop_bank(data_cfg: dict[str, Any], n: int, seed: int, workers: int = 1, progress: bool = True,
-              whole: bool = False) -> dict[str, torch.Tensor]:
-    """``n`` (degraded, clean) crop pairs as uint8 ``lq`` and ``clean`` (n, 3, S, S), int8 ``severity``, int16
-    ``window`` and float ``share`` (n,) (:class:`~vlmir.training.data.PairSampler`'s, 1 except for crops of
-    :data:`LOCAL_TYPES` alone): chunks of :data:`CHUNK` pairs, chunk k drawn from seed ``seed + k``, so the bank is
-    the same for any ``workers``. With ``whole``, each pair is a whole window resized to S (:func:`whole_view`)
-    instead of a crop of it, with share 1."""
+def crop_bank(data_cfg: dict[str, Any], n: int, seed: int, workers: int = 1,
+              progress: bool = True) -> dict[str, torch.Tensor]:
+    """``n`` (degraded, clean) crop pairs as uint8 ``lq`` and ``clean`` (n, 3, S, S) and int8 ``severity`` (n,):
+    chunks of :data:`CHUNK` pairs, chunk k drawn from seed ``seed + k``, so the bank is the same for any
+    ``workers``."""
     from tqdm.auto import tqdm
 
     if n < 1 or workers < 1:
         raise ValueError(f"a crop bank needs n >= 1 and workers >= 1, got n={n}, workers={workers}")
-    jobs = [(data_cfg, seed + k, min(CHUNK, n - k * CHUNK), whole) for k in range((n + CHUNK - 1) // CHUNK)]
+    jobs = [(data_cfg, seed + k, min(CHUNK, n - k * CHUNK)) for k in range((n + CHUNK - 1) // CHUNK)]
     if workers == 1:
-        parts = [_bank_chunk(j) for j in tqdm(jobs, desc="bank", disable=not progress)]
+        parts = [_bank_chunk(j) for j in tqdm(jobs, desc="severity bank", disable=not progress)]
     else:
         with mp.get_context("fork").Pool(workers) as pool:
-            parts = list(tqdm(pool.imap(_bank_chunk, jobs), total=len(jobs), desc="bank",
+            parts = list(tqdm(pool.imap(_bank_chunk, jobs), total=len(jobs), desc="severity bank",
                               disable=not progress))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -137,33 +117,27 @@ def severity_losses(net: torch.nn.Module, lq: torch.Tensor, clean: torch.Tensor,
 
 
 def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log: logging.Logger, *,
-                   device: torch.device, resume: bool = False, progress: bool = True,
-                   stage: str = "severity") -> dict[str, float]:
-    """The whole stage (module docstring) on ``net`` in place; returns the values to log. ``stage`` names the
-    config block, the files and the log lines: ``"severity"`` (crops) or ``"severity_whole"`` (whole windows)."""
+                   device: torch.device, resume: bool = False, progress: bool = True) -> dict[str, float]:
+    """The whole stage (module docstring) on ``net`` in place; returns the values to log."""
     from tqdm.auto import tqdm
 
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
-    whole, offset = STAGES[stage]
-    opts = stage_options(cfg, stage, DEFAULTS)
+    opts = stage_options(cfg, "severity", DEFAULTS)
     steps, bs, n_bank = int(opts["steps"]), int(opts["batch_size"]), int(opts["bank"])
     if steps < 0 or bs < 1 or n_bank < bs:
-        raise ValueError(f"{stage}: needs steps >= 0, batch_size >= 1 and bank >= batch_size, got {opts}")
+        raise ValueError(f"severity: needs steps >= 0, batch_size >= 1 and bank >= batch_size, got {opts}")
     seed = int(cfg.get("seed", 0))
     data_cfg = dict(cfg.get("data", {}))
     data_cfg.setdefault("crop", 128)
-    fingerprint = {"n": n_bank, "seed": seed + offset, "chunk": CHUNK, "data": data_cfg, "fields": list(BANK_FIELDS),
-                   "local_types": list(LOCAL_TYPES), "whole": whole}
-    bank_path = out_dir / f"{stage}_bank.pt"
+    fingerprint = {"n": n_bank, "seed": seed + 7000, "chunk": CHUNK, "data": data_cfg, "fields": list(BANK_FIELDS),
+                   "local_types": list(LOCAL_TYPES)}
+    bank_path = out_dir / "severity_bank.pt"
     bank = load_or_build_bank(
-        [bank_path], fingerprint,
-        lambda: crop_bank(data_cfg, n_bank, seed + offset, int(opts["bank_workers"]), progress, whole=whole),
-        bank_path, log, what=f"{stage} bank")
+        [bank_path], fingerprint, lambda: crop_bank(data_cfg, n_bank, seed + 7000, int(opts["bank_workers"]), progress),
+        bank_path, log, what="severity bank")
     opt = torch.optim.AdamW(net.parameters(), lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]))
-    ckpt_path = out_dir / f"{stage}_checkpoint.pt"
+    ckpt_path = out_dir / "severity_checkpoint.pt"
     # the batch draws come from their own generator, checkpointed as the "sampler" so a resume continues them
-    generator = torch.Generator().manual_seed(seed + offset + 500)
+    generator = torch.Generator().manual_seed(seed + 7500)
     start, spent = (resume_from(ckpt_path, model=net, optimizer=opt, sampler=generator, log=log)
                     if resume else (0, 0.0))
     timer = Timer(spent)
@@ -176,7 +150,7 @@ def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log
                         extra={"wall_s": timer.elapsed()})
 
     net.to(device).train()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not progress)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="severity", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, float(opts["lr"]), int(opts["warmup"]))
@@ -194,7 +168,7 @@ def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log
         opt.step()
         bar.set_postfix(loss=f"{logs['severity_loss']:.3f}")
         if (step + 1) % int(cfg.get("log_every", 50)) == 0 or step == 0:
-            log.info(f"{stage} step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
+            log.info(f"severity step {step + 1}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items())
                      + f" wall={timer.elapsed():.0f}s")
         if (step + 1) % ck_every == 0:
             save(step + 1)
@@ -202,6 +176,5 @@ def train_severity(net: torch.nn.Module, cfg: dict[str, Any], out_dir: Path, log
     if start < steps and steps % ck_every:  # the last step was not checkpointed in the loop
         save(steps)
     net.eval()
-    out = {**{k: round(v, 4) for k, v in logs.items()}, "severity_steps": steps, "severity_bank": n_bank,
-           "severity_wall_s": round(timer.elapsed(), 1)}
-    return {stage + k[len("severity"):]: v for k, v in out.items()}  # severity_whole_steps, ... for that stage
+    return {**{k: round(v, 4) for k, v in logs.items()}, "severity_steps": steps, "severity_bank": n_bank,
+            "severity_wall_s": round(timer.elapsed(), 1)}
