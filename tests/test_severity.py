@@ -80,7 +80,7 @@ def test_sampler_reports_each_crops_window_and_share_of_the_change():
     # a crop as large as its window holds all of the change
     whole = PairSampler(DataConfig(crop=64, window=[64, 64], p_clean=0.0, p_procedural=0.3), seed=3).sample(6)
     assert torch.allclose(whole["share"], torch.ones(6), atol=1e-5)
-    # the sampler draws exactly what it drew before these fields: same crops from the same seed
+    # the new fields are as reproducible from the seed as the crops
     again = PairSampler(DataConfig(**{**TINY_DATA, "p_clean": 0.3}), seed=3).sample(24)
     assert torch.equal(batch["lq"], again["lq"]) and torch.equal(batch["share"], again["share"])
 

@@ -16,8 +16,8 @@ About 92 thousand parameters with the default widths; a 128 px crop costs about 
 With ``scale=True`` the MLP also reads ``log2(side / 256)``, ``side`` the short side of the image the crop was cut
 from at native resolution. Our engine sizes the spatial degradations to the image (a blur trajectory's extent, rain
 streaks, drops and flakes are fractions of the short side), and a viewer judges them against the whole picture: the
-same 12 px of shake is a mild blur on a 400 px image and a severe one on a 160 px image. Without the side a crop
-cannot tell those apart, and the score flattens between the severities.
+same 12 px of shake is a mild blur on a 400 px image and a severe one on a 160 px image, and a crop alone cannot
+tell those apart.
 
 Example::
 
@@ -70,8 +70,12 @@ class SeverityNet(nn.Module):
         side in px of the image each crop was cut from (a number or (B,))."""
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 16:
             raise ValueError(f"expected crops (B, 3, H, W) with sides >= 16, got {tuple(x.shape)}")
-        if self.scale and side is None:
-            raise ValueError("this severity network reads the image's short side: pass side")
+        if self.scale:
+            if side is None:
+                raise ValueError("this severity network reads the image's short side: pass side")
+            side = torch.as_tensor(side, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+            if (side <= 0).any():
+                raise ValueError("side must be positive (px)")
         h = self.stem((x - 0.45) / 0.25)
         pooled = [h.mean((2, 3)), h.std((2, 3))]
         for stage in self.stages:
@@ -79,8 +83,5 @@ class SeverityNet(nn.Module):
             pooled += [h.mean((2, 3)), h.std((2, 3))]
         z = self.head[0](torch.cat(pooled, dim=1))
         if self.scale:
-            side = torch.as_tensor(side, dtype=z.dtype, device=z.device).reshape(-1).expand(z.shape[0])
-            if (side <= 0).any():
-                raise ValueError("side must be positive (px)")
-            z = torch.cat([z, torch.log2(side / 256.0)[:, None]], dim=1)
+            z = torch.cat([z, torch.log2(side / 256.0).to(z.dtype)[:, None]], dim=1)
         return 3.0 + self.head[1:](z)[:, 0]
