@@ -289,7 +289,10 @@ class CrossAttention(nn.Module):
         1, so every query receives ``to_out(to_v(context))`` whatever its value."""
         return self.to_out(self.to_v(context))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, M) bool, True for the context tokens to attend to (padding False); each row needs one True.
+        Without a mask every token is attended to (the original)."""
         if self.fast and context is not None and context.shape[1] == 1:
             return self.single_token(context).expand(-1, x.shape[1], -1)
         ctx = x if context is None else context
@@ -297,11 +300,14 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).reshape(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, N, d)
         k = self.to_k(ctx).reshape(b, ctx.shape[1], self.heads, -1).transpose(1, 2)  # (B, heads, M, d)
         v = self.to_v(ctx).reshape(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
+        keep = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, M)
         if self.fast:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
         else:
-            attn = (torch.einsum("bhid,bhjd->bhij", q, k) * self.scale).softmax(dim=-1)  # (B, heads, N, M)
-            out = torch.einsum("bhij,bhjd->bhid", attn, v)
+            scores = torch.einsum("bhid,bhjd->bhij", q, k) * self.scale  # (B, heads, N, M)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
+            out = torch.einsum("bhij,bhjd->bhid", scores.softmax(dim=-1), v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -342,11 +348,13 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, cross: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, cross: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``cross`` (B, 1, dim), when given, is the precomputed cross-attention output for a one-token context."""
+        """``cross`` (B, 1, dim), when given, is the precomputed cross-attention output for a one-token context;
+        ``mask`` (B, M) marks the context tokens to attend to."""
         x = self.attn1(self.norm1(x)) + x
-        x = (cross if cross is not None else self.attn2(self.norm2(x), context=context)) + x
+        x = (cross if cross is not None else self.attn2(self.norm2(x), context=context, mask=mask)) + x
         return self.ff(self.norm3(x)) + x
 
 
@@ -369,7 +377,8 @@ class SpatialTransformer(nn.Module):
         return [blk.attn2.single_token(context) for blk in self.transformer_blocks]
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, cross: list[torch.Tensor] | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, cross: list[torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, h, w = x.shape
         x_in = x
@@ -377,14 +386,14 @@ class SpatialTransformer(nn.Module):
             y = self.norm(x).permute(0, 2, 3, 1)
             tokens = F.linear(y, self.proj_in.weight.flatten(1), self.proj_in.bias).reshape(b, h * w, -1)
             for i, blk in enumerate(self.transformer_blocks):
-                tokens = blk(tokens, context=context, cross=None if cross is None else cross[i])
+                tokens = blk(tokens, context=context, cross=None if cross is None else cross[i], mask=mask)
             out = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)  # (B, N, C)
             out = out.reshape(b, h, w, c).permute(0, 3, 1, 2)
             return out + x_in
         x = self.proj_in(self.norm(x))
         x = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
         for i, blk in enumerate(self.transformer_blocks):
-            x = blk(x, context=context, cross=None if cross is None else cross[i])
+            x = blk(x, context=context, cross=None if cross is None else cross[i], mask=mask)
         x = x.transpose(1, 2).reshape(b, -1, h, w)
         return self.proj_out(x) + x_in
 
@@ -419,11 +428,13 @@ def _attention_block(dim: int, fn: nn.Module) -> Residual:
     return Residual(PreNorm(dim, fn))
 
 
-def _attn_kwargs(block: Residual, context: torch.Tensor | None, cross: dict[int, list[torch.Tensor]] | None) -> dict:
-    """Keyword arguments for an attention block: the context, and for spatial transformers the cached outputs."""
+def _attn_kwargs(block: Residual, ctx: UNetContext) -> dict:
+    """Keyword arguments for an attention block: for spatial transformers the context tokens, their mask and the
+    cached one-token outputs."""
     fn = block.fn.fn
     if isinstance(fn, SpatialTransformer):
-        return {"context": context, "cross": None if cross is None else cross.get(id(fn))}
+        return {"context": ctx.image_context, "mask": ctx.context_mask,
+                "cross": None if ctx.cross is None else ctx.cross.get(id(fn))}
     return {}
 
 
@@ -434,13 +445,17 @@ class UNetContext:
 
     Attributes:
         prompt_embedding: ``(B, time_dim)`` prompt embedding added to the time embedding, or None.
-        image_context: ``(B, 1, context_dim)`` image content token, or None.
-        cross: per spatial transformer (keyed by ``id(module)``), the list of cross-attention outputs (B, 1, dim).
+        image_context: ``(B, M, context_dim)`` context tokens the spatial transformers attend to (DA-CLIP: the one
+            image content token, M = 1), or None.
+        cross: per spatial transformer (keyed by ``id(module)``), the list of cross-attention outputs (B, 1, dim)
+            for a one-token context.
+        context_mask: ``(B, M)`` bool, True for the tokens to attend to, or None (all of them).
     """
 
     prompt_embedding: torch.Tensor | None = None
     image_context: torch.Tensor | None = None
     cross: dict[int, list[torch.Tensor]] | None = field(default=None)
+    context_mask: torch.Tensor | None = None
 
     def expand(self, batch: int) -> UNetContext:
         """The same context repeated for ``batch`` samples (its batch must be 1 or ``batch``)."""
@@ -449,7 +464,7 @@ class UNetContext:
             return t if t is None or t.shape[0] == batch else t.expand(batch, *t.shape[1:])
 
         cross = None if self.cross is None else {k: [ex(c) for c in v] for k, v in self.cross.items()}
-        return UNetContext(ex(self.prompt_embedding), ex(self.image_context), cross)
+        return UNetContext(ex(self.prompt_embedding), ex(self.image_context), cross, ex(self.context_mask))
 
 
 class ConditionalUNet(nn.Module):
@@ -583,13 +598,17 @@ class ConditionalUNet(nn.Module):
         return [m for m in self.modules() if isinstance(m, SpatialTransformer)]
 
     def prepare_context(
-        self, text_context: torch.Tensor | None = None, image_context: torch.Tensor | None = None
+        self, text_context: torch.Tensor | None = None, image_context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> UNetContext:
         """Everything that depends only on the image, computed once (DA-CLIP Sec. 3.3).
 
         Args:
             text_context: degradation embedding ``(B, context_dim)`` or None.
-            image_context: image content embedding ``(B, context_dim)`` or None.
+            image_context: image content embedding ``(B, context_dim)`` (DA-CLIP's single token), or a multi-token
+                context ``(B, M, context_dim)`` (VLMIR: content, degradation and caption tokens), or None.
+            context_mask: ``(B, M)`` bool, True for the tokens of ``image_context`` to attend to (padding False;
+                every row needs at least one True), or None to attend to all of them.
         Returns:
             :class:`UNetContext` to pass as ``forward(..., context=...)``.
         """
@@ -597,15 +616,29 @@ class ConditionalUNet(nn.Module):
         if self.context_dim > 0 and self.use_degra_context and text_context is not None:
             self._check_context(text_context, "text_context")
             prompt = self.prompt_mlp(torch.softmax(self.text_mlp(text_context), dim=1) * self.prompt)
-        img = cross = None
+        img = cross = mask = None
         if self.context_dim > 0 and self.use_image_context and image_context is not None:
-            self._check_context(image_context, "image_context")
-            img = image_context.unsqueeze(1)  # (B, 1, context_dim): a single token
-            cross = {id(st): st.cross_outputs(img) for st in self._spatial_transformers()} if self.fast else None
-        return UNetContext(prompt, img, cross)
+            img = image_context.unsqueeze(1) if image_context.ndim == 2 else image_context  # (B, M, context_dim)
+            self._check_context(img, "image_context", tokens=True)
+            if context_mask is not None:
+                if context_mask.shape != img.shape[:2]:
+                    raise ValueError(f"context_mask must have shape {tuple(img.shape[:2])} (B, M), got "
+                                     f"{tuple(context_mask.shape)}")
+                mask = context_mask.to(device=img.device, dtype=torch.bool)
+                if not bool(mask.any(dim=1).all()):
+                    raise ValueError("context_mask must keep at least one token of every sample")
+                if bool(mask.all()):
+                    mask = None  # nothing is masked: the plain computation
+            if img.shape[1] == 1 and self.fast:
+                cross = {id(st): st.cross_outputs(img) for st in self._spatial_transformers()}
+        return UNetContext(prompt, img, cross, mask)
 
-    def _check_context(self, c: torch.Tensor, name: str) -> None:
-        if c.ndim != 2 or c.shape[1] != self.context_dim:
+    def _check_context(self, c: torch.Tensor, name: str, tokens: bool = False) -> None:
+        if tokens:
+            if c.ndim != 3 or c.shape[2] != self.context_dim or c.shape[1] < 1:
+                raise ValueError(f"{name} must have shape (B, {self.context_dim}) or (B, M, {self.context_dim}), "
+                                 f"got {tuple(c.shape)}")
+        elif c.ndim != 2 or c.shape[1] != self.context_dim:
             raise ValueError(f"{name} must have shape (B, {self.context_dim}), got {tuple(c.shape)}")
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -628,6 +661,7 @@ class ConditionalUNet(nn.Module):
         image_context: torch.Tensor | None = None,
         *,
         context: UNetContext | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the noise of ``xt`` at timestep ``t`` given the degraded image ``cond`` (= mu).
 
@@ -636,8 +670,10 @@ class ConditionalUNet(nn.Module):
             cond: degraded image ``(B, in_nc, H, W)`` (the SDE mean ``mu``), in [0, 1].
             t: timestep(s), an int/float or a tensor ``(B,)`` or ``(1,)``.
             text_context: DA-CLIP degradation embedding ``(B, context_dim)``; ignored when ``context`` is given.
-            image_context: DA-CLIP image content embedding ``(B, context_dim)``; ignored when ``context`` is given.
+            image_context: DA-CLIP image content embedding ``(B, context_dim)``, or context tokens
+                ``(B, M, context_dim)``; ignored when ``context`` is given.
             context: precomputed :meth:`prepare_context` output (batch 1 or B).
+            context_mask: ``(B, M)`` bool mask of ``image_context``'s tokens (see :meth:`prepare_context`).
         Returns:
             predicted noise ``(B, out_nc, H, W)``.
         """
@@ -647,11 +683,10 @@ class ConditionalUNet(nn.Module):
             t = torch.tensor([t], device=xt.device)
         t = t.reshape(-1).to(xt.device)
         if context is None:
-            context = self.prepare_context(text_context, image_context)
+            context = self.prepare_context(text_context, image_context, context_mask)
         b = xt.shape[0]
         if b > 1:
             context = context.expand(b)
-        img, cross = context.image_context, context.cross
 
         x = torch.cat([xt - cond, cond], dim=1)
         h0, w0 = x.shape[-2:]
@@ -666,18 +701,18 @@ class ConditionalUNet(nn.Module):
         for b1, b2, attn, down in self.downs:
             x = b1(x, temb)
             skips.append(x)
-            x = attn(b2(x, temb), **_attn_kwargs(attn, img, cross))
+            x = attn(b2(x, temb), **_attn_kwargs(attn, context))
             skips.append(x)
             x = down(x)
 
         x = self.mid_block1(x, temb)
-        x = self.mid_attn(x, **_attn_kwargs(self.mid_attn, img, cross))
+        x = self.mid_attn(x, **_attn_kwargs(self.mid_attn, context))
         x = self.mid_block2(x, temb)
 
         for b1, b2, attn, up in self.ups:
             x = b1(torch.cat([x, skips.pop()], dim=1), temb)
             x = b2(torch.cat([x, skips.pop()], dim=1), temb)
-            x = up(attn(x, **_attn_kwargs(attn, img, cross)))
+            x = up(attn(x, **_attn_kwargs(attn, context)))
 
         x = self.final_res_block(torch.cat([x, x_first], dim=1), temb)
         return self.final_conv(x)[..., :h0, :w0].contiguous()
