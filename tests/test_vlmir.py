@@ -63,3 +63,351 @@ def test_context_mask_errors():
         u(x, lq, 30, image_context=ctx, context_mask=torch.tensor([[1, 0, 0], [0, 0, 0]], dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(B, M, 32\)"):
         u(x, lq, 30, image_context=torch.randn(2, 3, 16))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stage 1
+# ---------------------------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from vlmir.captions import CaptionCache, image_key, metadata_caption  # noqa: E402
+from vlmir.models.vlmir import TINY_CLIP_CONFIG, VLMIRAligner, build_aligner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _aligner(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = {"clip_config": TINY_CLIP_CONFIG, "lora_rank": 4, "predictor_hidden": 32, **kw}
+    return build_aligner(cfg)
+
+
+def _batch(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lq, hq = torch.rand(b, 3, 64, 64, generator=g), torch.rand(b, 3, 64, 64, generator=g)
+    target = torch.zeros(b, 11)
+    target[torch.arange(b), torch.arange(b) % 11] = 1.0
+    return lq, hq, target
+
+
+def _nudge_lora(m, seed=1):
+    """LoRA B starts at zero (an identity adapter); give every adapter weight a value so outputs differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_lora_trains_only_adapters_and_predictor():
+    m = _aligner()
+    base_before = {k: v.clone() for k, v in m.clip_model.state_dict().items() if "lora_" not in k}
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("predictor.") or n == "logit_scale" for n in trainable)
+    assert any(".visual." in n for n in trainable) and any(".transformer." in n for n in trainable)
+    lora_before = {n: p.detach().clone() for n, p in m.named_parameters() if "lora_" in n}
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    lq, hq, target = _batch()
+    tok = m.tokenize(["a photo of a cat, hazy"] * 3)
+    for _ in range(2):
+        loss = m.losses(lq, hq, target, tok, m.tokenize(["a photo of a cat"] * 3))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = {k: v for k, v in m.clip_model.state_dict().items() if "lora_" not in k}
+    assert set(after) == set(base_before)
+    assert all(torch.equal(after[k], base_before[k]) for k in base_before)  # base bit-identical
+    changed = [n for n, p in m.named_parameters() if "lora_" in n and not torch.equal(p, lora_before[n])]
+    assert len(changed) == len(lora_before)  # every adapter moved (A and B)
+
+
+def test_adapters_save_load_merge_same_outputs(tmp_path):
+    m = _aligner().eval()
+    _nudge_lora(m)
+    with torch.no_grad():
+        m.predictor.content[-1].weight.normal_(0, 0.1)
+    x = torch.rand(2, 3, 64, 64)
+    tok = m.tokenize(["a photo, noisy", "a photo of coins"])
+    with torch.no_grad():
+        ref, ref_text = m(x), m.text_tokens(tok)
+        with m.base_outputs():
+            base = m(x)["embedding"]
+    assert (ref["embedding"] - base).abs().max() > 1e-3  # the adapters change the image tower
+    m.save_pretrained(tmp_path / "a")
+    assert (tmp_path / "a" / "lora" / "adapter_config.json").is_file()
+    assert (tmp_path / "a" / "lora" / "adapter_model.safetensors").is_file()
+    state = m.clip_model.state_dict()
+    base_state = {k.replace(".base_layer", ""): v for k, v in state.items() if "lora_" not in k}
+    for merge in (False, True):
+        back = VLMIRAligner.from_pretrained(tmp_path / "a", base_state=base_state, merge=merge)
+        assert (back.peft is None) == merge
+        with torch.no_grad():
+            out, text = back(x), back.text_tokens(tok)
+        for k in ("embedding", "content", "degradation"):
+            assert (out[k] - ref[k]).abs().max().item() <= 1e-5, (merge, k)
+        assert (text[1] - ref_text[1]).abs().max().item() <= 1e-5
+        assert torch.equal(text[2], ref_text[2])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VLMIRAligner.from_pretrained(tmp_path / "missing")
+
+
+def test_predictor_shapes_and_losses_by_hand():
+    m = _aligner(lora_text=True).eval()
+    lq, hq, target = _batch(b=2)
+    lq_tok, hq_tok = m.tokenize(["a photo, hazy", "a photo, noisy"]), m.tokenize(["a photo of a", "a photo of b"])
+    with torch.no_grad():
+        out = m(lq)
+        logs = m.losses(lq, hq, target, lq_tok, hq_tok, w_deg=1.0, w_content=0.5, w_image=0.25, w_caption=2.0)
+        # by hand, from the towers (adapters start as the identity: B = 0)
+        e = m.clip_model.visual((lq - m.mean) / m.std)
+        e_d, e_c = m.predictor(e)
+        names = F.normalize(m.encode_text(m.tokenize(m.degradation_names)), dim=-1)
+        t_hq = F.normalize(m.encode_text(hq_tok), dim=-1)
+        i_hq = F.normalize(m.clip_model.visual((hq - m.mean) / m.std), dim=-1)
+        logits = math.exp(math.log(1 / 0.07)) * F.normalize(e_d, dim=-1) @ names.t()
+        deg = -(target * logits.log_softmax(-1)).sum(-1).mean()
+        cap = 1 - F.cosine_similarity(e_c, t_hq).mean()
+        img = 1 - F.cosine_similarity(e_c, i_hq).mean()
+        txt = 1 - F.cosine_similarity(m.encode_text(lq_tok), t_hq).mean()
+    assert out["content"].shape == out["degradation"].shape == (2, 32)
+    assert torch.allclose(out["content"], out["embedding"])  # P_c starts at zero: e_c = e
+    assert abs(logs["deg"].item() - deg.item()) < 1e-4
+    assert abs(logs["content_caption"].item() - cap.item()) < 1e-5
+    assert abs(logs["content_image"].item() - img.item()) < 1e-5
+    assert abs(logs["caption"].item() - txt.item()) < 1e-5
+    total = deg + 0.5 * cap + 0.25 * img + 2.0 * txt
+    assert abs(logs["loss"].item() - total.item()) < 1e-4
+    # ablations: no predictor -> no L_deg, e_c = e; no LoRA -> no caption loss
+    bare = _aligner(predictor=False, lora_rank=0)
+    lb = bare.losses(lq, hq, target, lq_tok, hq_tok)
+    assert "deg" not in lb and "caption" not in lb and "degradation" not in bare(lq)
+    assert not [p for n, p in bare.named_parameters() if p.requires_grad and n != "logit_scale"]
+
+
+def test_context_tokens_and_masks():
+    m = _aligner().eval()
+    x = torch.rand(2, 3, 64, 64)
+    caps = ["a photo, hazy", "a photo of a red motorcycle on a road, heavily noisy"]
+    with torch.no_grad():
+        multi = m.context(x, caps)
+        single = m.context(x, caps, mode="single")
+        nocap = m.context(x, None, use_captions=False)
+        out = m(x)
+    L = m.context_length
+    assert multi["image_context"].shape == (2, 2 + L, 32) and multi["context_mask"].shape == (2, 2 + L)
+    n_tok = [len(m.tokenize([c])[0].nonzero()) for c in caps]  # start, words, end
+    assert multi["context_mask"].sum(1).tolist() == [2 + n for n in n_tok]
+    assert torch.equal(multi["image_context"][:, 0], out["content"]) and torch.equal(multi["text_context"], out["degradation"])
+    assert torch.equal(multi["image_context"][:, 1], out["degradation"])
+    assert single["image_context"].shape == (2, 1, 32) and nocap["image_context"].shape == (2, 2, 32)
+    # the caption's pooled embedding is its end-of-text token embedding
+    pooled, tokens, mask = m.text_tokens(m.tokenize(caps))
+    assert torch.allclose(pooled, m.encode_text(m.tokenize(caps)))
+    assert torch.allclose(tokens[1, n_tok[1] - 1], pooled[1])
+    with pytest.raises(ValueError, match="one caption per image"):
+        m.context(x, ["only one"])
+    with pytest.raises(ValueError, match="mode"):
+        m.context(x, caps, mode="pairs")
+
+
+def test_views_average_native_crops():
+    m = _aligner(image_views=4).eval()
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        whole = m.encode_image(x)
+        left, right = m.encode_image(x[..., :64]), m.encode_image(x[..., 64:])
+    assert torch.allclose(whole, (left + right) / 2, atol=1e-5)
+
+
+def test_base_weight_sources(tmp_path):
+    from vlmir.models.vlmir import load_base_weights
+
+    assert load_base_weights("random") is None
+    with pytest.raises(FileNotFoundError, match="open_clip"):
+        load_base_weights(str(tmp_path / "nope.pt"))
+    m = _aligner(lora_rank=0)
+    torch.save(m.clip_model.state_dict(), tmp_path / "clip.pt")
+    state = load_base_weights(str(tmp_path / "clip.pt"))
+    assert set(state) == set(m.clip_model.state_dict())
+    # the paper-scale base from the hub: offline it fails at once, naming the repo and file
+    with pytest.raises(FileNotFoundError, match="open_clip_model.safetensors"):
+        load_base_weights("open_clip:ViT-B-32/laion2b_s34b_b79k")
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        build_aligner({"clip_model": "ViT-B-33"})
+
+
+def test_embedded_encoder_towers_are_the_lite_base():
+    from vlmir.models.embedded import ENCODER_DIR, load_encoder
+    from vlmir.models.vlmir import embedded_clip_config
+
+    if not (ENCODER_DIR / "model.safetensors").is_file():
+        pytest.skip("embedded encoder weights are not shipped in this checkout")
+    cfg = json.loads((ENCODER_DIR / "config.json").read_text())
+    m = build_aligner({"clip_config": embedded_clip_config(cfg), "base": "embedded-encoder", "lora_rank": 2})
+    enc, _ = load_encoder()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        ours = m.encode_image(x)
+        theirs, _ = enc.encode_image(x, control=False)
+    assert torch.allclose(ours, theirs, atol=1e-5)  # zero-initialised LoRA: exactly the embedded content tower
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# captions
+# ---------------------------------------------------------------------------------------------------------------
+def test_metadata_captions_and_cache(tmp_path):
+    assert metadata_caption("motorcycle_left") == "a photo of motorcycle left"
+    assert metadata_caption("procedural", ["snowy"], severity=5) == "a photo of a synthetic pattern, extremely snowy"
+    assert metadata_caption("chelsea_003.png", ["rainy", "hazy"], severity=3) == "a photo of chelsea, rainy and hazy"
+    assert metadata_caption(None, ["clear"]) == "a photo"
+    with pytest.raises(ValueError, match="severity"):
+        metadata_caption("x", ["hazy"], severity=7)
+    img = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    calls = []
+
+    def cap(im):
+        calls.append(1)
+        return f"caption {len(calls)}"
+
+    path = tmp_path / "c" / "captions.jsonl"
+    cache = CaptionCache(path)
+    assert cache.caption(cap, "m1", img) == "caption 1" and cache.caption(cap, "m1", img) == "caption 1"
+    assert cache.caption(cap, "m2", img) == "caption 2"  # another model: its own caption
+    assert len(calls) == 2
+    again = CaptionCache(path)  # on disk
+    assert again.get("m1", image_key(img)) == "caption 1" and len(again) == 2
+    with open(path, "a") as f:
+        f.write('{"captioner": "m1", "key"')  # a run killed mid-line
+    assert len(CaptionCache(path)) == 2
+    path.write_text('not json\n{"captioner": "m1", "key": "k", "caption": "c"}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        CaptionCache(path)
+
+
+def test_make_dataset_writes_vlmir_captions(tmp_path):
+    import skimage
+
+    from vlmir.degradations.dataset import make_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+
+    Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png").resize((64, 64)).save(src / "astronaut.png")
+    make_dataset(src, tmp_path / "ds", per_image=2, size=48, seed=1, log=lambda s: None)
+    metas = [json.loads(x) for x in (tmp_path / "ds" / "meta.jsonl").read_text().splitlines()]
+    for m in metas:
+        assert m["caption_source"] == "metadata-template" and m["hq_caption"] == "a photo of astronaut"
+        assert m["lq_caption"].startswith("a photo of astronaut, ") and m["types"][-1] in m["lq_caption"]
+
+    def fake(image):
+        return f"mean {image.mean():.3f}"
+
+    fake.name = "fake-captioner"
+    make_dataset(src, tmp_path / "ds2", per_image=1, size=48, seed=1, captioner=fake, log=lambda s: None)
+    m = json.loads((tmp_path / "ds2" / "meta.jsonl").read_text().splitlines()[0])
+    assert m["caption_source"] == "fake-captioner" and m["hq_caption"] != m["lq_caption"]
+    cached = CaptionCache(tmp_path / "ds2" / "captions.jsonl")
+    assert len(cached) == 2 and cached.get("fake-captioner", image_key(np.zeros((1, 1, 3)))) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# both stages end to end
+# ---------------------------------------------------------------------------------------------------------------
+TINY_ALIGN = {
+    "kind": "vlmir-align", "seed": 0, "steps": 6, "batch_size": 3, "lr": 1e-3, "warmup": 2, "threads": 1,
+    "log_every": 3, "checkpoint_every": 3,
+    "model": {"clip_config": TINY_CLIP_CONFIG, "lora_rank": 4, "predictor_hidden": 32},
+    "data": {"window": [64, 80], "p_procedural": 0.5, "photos": ["camera", "coins"]},
+}
+TINY_RESTORER = {
+    "kind": "vlmir-restorer", "seed": 0, "steps": 4, "batch_size": 2, "restore_crop": 32, "lr": 1e-3, "warmup": 2,
+    "threads": 1, "log_every": 2, "checkpoint_every": 2, "default_steps": 3,
+    "unet": {"nf": 32, "ch_mult": [1, 1, 2, 2]},
+    "data": {"window": [64, 80], "p_procedural": 0.5, "photos": ["camera", "coins"]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_vlmir(tmp_path_factory):
+    from vlmir.training.train_vlmir import train_align, train_restorer
+
+    root = tmp_path_factory.mktemp("vlmir")
+    train_align(dict(TINY_ALIGN), root / "align", progress=False)
+    cfg = {**TINY_RESTORER, "aligner": str(root / "align" / "final")}
+    logs = train_restorer(cfg, root / "restorer", progress=False)
+    return root, cfg, logs
+
+
+def test_tiny_two_stage_training_and_exact_resume(tiny_vlmir):
+    from vlmir.pipelines.vlmir import load_vlmir
+    from vlmir.training.train_vlmir import train_restorer
+
+    root, cfg, logs = tiny_vlmir
+    final = root / "restorer" / "final"
+    assert (final / "pipeline.json").is_file() and (final / "aligner" / "lora" / "adapter_model.safetensors").is_file()
+    assert math.isfinite(logs["loss"]) and logs["steps"] == 4
+    # a run killed after its step-2 checkpoint and resumed ends with the same UNet as the straight run
+    from vlmir.training.common import load_checkpoint, save_checkpoint
+
+    half = root / "half"
+    train_restorer({**cfg, "steps": 2, "checkpoint_every": 2}, half, progress=False)
+    state = load_checkpoint(half / "checkpoint.pt")
+    assert state["step"] == 2
+    train_restorer(cfg, half, resume=True, progress=False)
+    a = load_vlmir(final).unet.state_dict()
+    b = load_vlmir(half / "final").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    del save_checkpoint
+
+
+def test_tiny_pipeline_restores_classifies_and_switches_context(tiny_vlmir):
+    from vlmir.pipelines.vlmir import VLMIRClassifier, load_vlmir
+
+    root, _, _ = tiny_vlmir
+    pipe = load_vlmir(root / "restorer" / "final")
+    assert pipe.random_weights  # a random base CLIP is labelled
+    x = torch.rand(1, 3, 40, 52)
+    y = pipe.restore(x, seed=3)
+    assert y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    assert torch.equal(pipe.restore(x, seed=3), y)  # seeded
+    assert pipe.last_caption.startswith("a photo")
+    probs = VLMIRClassifier(pipe).classify(x)
+    assert set(probs) == set(pipe.aligner.degradation_names) and abs(sum(probs.values()) - 1) < 1e-5
+    single = load_vlmir(root / "restorer" / "final", context_mode="single")
+    assert not single.use_captions
+    assert (single.restore(x, seed=3) - y).abs().max() > 1e-4  # the context matters
+    with pytest.raises(ValueError, match="context_mode"):
+        load_vlmir(root / "restorer" / "final", context_mode="triple")
+
+
+def test_cli_restore_model_vlmir_writes_same_size_pngs(tiny_vlmir, tmp_path):
+    from PIL import Image
+
+    root, _, _ = tiny_vlmir
+    imgs = []
+    for i, size in enumerate(((40, 30), (57, 45))):
+        p = tmp_path / f"in{i}.png"
+        Image.fromarray((np.random.default_rng(i).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(p)
+        imgs.append(p)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "vlmir", "restore", *map(str, imgs), "--out-dir", str(out), "--model",
+                          "vlmir", "--weights-dir", str(root / "restorer" / "final"), "--steps", "2"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for p, size in zip(imgs, ((40, 30), (57, 45)), strict=True):
+        assert Image.open(out / f"{p.stem}.png").size == size
+
+
+def test_registry_lists_vlmir_models():
+    from vlmir.registry import get_spec, list_models
+
+    assert "vlmir" in list_models(task="restorer") and "vlmir-classifier" in list_models(task="classifier")
+    assert get_spec("vlmir").extra["diffusion"]

@@ -43,6 +43,7 @@ _PROVIDER_MODULES = (
     "vlmir.models.classical",
     "vlmir.models.embedded",
     "vlmir.pipelines.restoration",
+    "vlmir.pipelines.vlmir",
     "vlmir.vlm.rater",
 )
 

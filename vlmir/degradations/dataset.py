@@ -6,7 +6,10 @@
     OUT/LQ/<name>.png         degraded image (lossless PNG)
     OUT/GT/<name>.png         the clean image it came from (same size; one copy per pair, so pairs match by name)
     OUT/meta.jsonl            one JSON object per pair: name, lq, gt, source, caption, title, types, severity, seed,
-                              visibility, visibility_score
+                              visibility, visibility_score, and VLMIR's captions: hq_caption, lq_caption and
+                              caption_source (the captioner's name, or ``metadata-template``)
+    OUT/captions.jsonl        the caption cache (:class:`vlmir.captions.CaptionCache`): a re-run with the same
+                              captioner captions nothing twice
     OUT/daclip_train.csv      open_clip CSV (tab-separated, open_clip's default ``--csv-separator``) with columns
                               ``filepath`` (absolute LQ path) and ``title``
 
@@ -20,6 +23,11 @@ degradation alone (``"hazy"``).
 Captions come from an image-captioning model in the transformers format (BLIP, GIT, VisionEncoderDecoder, ...),
 given as a local folder or a hub name; a hub name that is not in the local cache fails at once when the hub is
 offline, with a message saying how to provide it.
+
+VLMIR's caption alignment needs a caption of the HQ *and* of the LQ image of every pair (``hq_caption``,
+``lq_caption``). With a captioner both come from it; without one both are the deterministic template of the pair's
+metadata (:func:`vlmir.captions.metadata_caption`: the source file's name, then the degradations and severity),
+and ``caption_source`` says ``metadata-template``. The DA-CLIP fields (``caption``, ``title``) are unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vlmir.captions import METADATA_CAPTIONER, CaptionCache, captioner_name, metadata_caption
 from vlmir.degradations import DEGRADATIONS, degrade, parse_types, sample_degradation
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -207,6 +216,7 @@ def make_dataset(
     captioner: Callable[[np.ndarray], str] | None = None,
     max_pixels: int | None = None,
     log: Callable[[str], None] = print,
+    caption_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write a paired, captioned degradation dataset (layout in the module docstring).
 
@@ -220,10 +230,11 @@ def make_dataset(
         p_clean: probability that a sample is left clean (title ``clear``).
         seed: root seed; the same arguments and files give the same dataset.
         size: if given, each source is resized (shorter side) and centre-cropped to ``size x size`` first.
-        captioner: ``captioner(hwc_image) -> str`` for the clean image (e.g. a :class:`Captioner`); ``None``
-            titles by degradation only.
+        captioner: ``captioner(hwc_image) -> str`` for the clean and the degraded images (e.g. a
+            :class:`Captioner`); ``None`` titles by degradation only and writes metadata-template captions.
         max_pixels: largest source image accepted (see :func:`vlmir.io.load_image`).
         log: where progress lines go.
+        caption_cache: the caption cache file (default ``OUT/captions.jsonl``).
 
     Returns:
         ``{"pairs": n, "sources": m, "out": str, "csv": str, "per_type": {type: count}}``.
@@ -242,6 +253,8 @@ def make_dataset(
     (out / "LQ").mkdir(parents=True, exist_ok=True)
     (out / "GT").mkdir(parents=True, exist_ok=True)
     rng = np.random.Generator(np.random.PCG64(seed))
+    cache = CaptionCache(caption_cache if caption_cache is not None else out / "captions.jsonl")
+    source_name = captioner_name(captioner) if captioner is not None else METADATA_CAPTIONER
     per_type: dict[str, int] = {}
     rows: list[tuple[str, str]] = []
     n_pairs = 0
@@ -250,7 +263,7 @@ def make_dataset(
             clean = to_numpy(load_image(path, max_pixels=max_pixels))
             if size is not None:
                 clean = center_square(clean, int(size))
-            caption = captioner(clean) if captioner is not None else None
+            caption = cache.caption(captioner, source_name, clean) if captioner is not None else None
             for k in range(per_image):
                 spec = sample_degradation(
                     rng, allow_mixtures=p_mixture > 0, p_mixture=p_mixture, p_clean=p_clean, severities=sev, types=pool
@@ -263,7 +276,13 @@ def make_dataset(
                 title = title_for(caption, meta["types"])
                 rows.append((str(lq_path.resolve()), title))
                 record = {"name": name, "lq": f"LQ/{name}.png", "gt": f"GT/{name}.png", "source": str(path)}
-                record.update({"caption": caption, "title": title, **meta})
+                if captioner is not None:
+                    captions = {"hq_caption": caption, "lq_caption": cache.caption(captioner, source_name, lq)}
+                else:
+                    combined = min(sum(meta["severity"]), 5) if meta["types"] else None
+                    captions = {"hq_caption": metadata_caption(path.stem),
+                                "lq_caption": metadata_caption(path.stem, meta["types"], severity=combined)}
+                record.update({"caption": caption, "title": title, **meta, **captions, "caption_source": source_name})
                 meta_file.write(json.dumps(record) + "\n")
                 for t in meta["types"] or [CLEAN_TITLE]:
                     per_type[t] = per_type.get(t, 0) + 1

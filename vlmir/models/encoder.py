@@ -312,28 +312,9 @@ class DegradationAwareEncoder(nn.Module):
         return min(max(min(int(h), int(w)), self.image_size), 4 * self.image_size)
 
     def views(self, x: torch.Tensor, max_views: int = 9) -> torch.Tensor:
-        """Up to ``max_views`` crops (V, 3, S, S) of one image ``x`` (1, 3, H, W), on an even grid at native resolution.
-
-        Images with a side below S are upscaled (bilinear) so that side is S. Very large images (short side above
-        4 S) are downscaled to short side 4 S first so the crops see a comparable share of the scene as in training.
-        """
-        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
-            raise ValueError(f"expected one image (1, 3, H, W), got {tuple(x.shape)}")
-        if max_views < 1:
-            raise ValueError(f"max_views must be >= 1, got {max_views}")
-        s = self.image_size
-        h, w = x.shape[-2:]
-        side = self.view_side(h, w)
-        if side != min(h, w):
-            f = side / min(h, w)
-            x = F.interpolate(x, size=(max(s, round(h * f)), max(s, round(w * f))), mode="bilinear",
-                              align_corners=False, antialias=f < 1)
-            h, w = x.shape[-2:]
-        n = max(1, int(math.isqrt(max_views)))
-        ys = torch.linspace(0, h - s, n).round().long().unique().tolist() if h > s else [0]
-        xs = torch.linspace(0, w - s, n).round().long().unique().tolist() if w > s else [0]
-        crops = [x[..., y : y + s, xx : xx + s] for y in ys for xx in xs]
-        return torch.cat(crops, dim=0)
+        """Up to ``max_views`` crops (V, 3, S, S) of one image ``x`` (1, 3, H, W): :func:`grid_views` at this
+        encoder's crop side S."""
+        return grid_views(x, self.image_size, max_views)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, max_views: int = 9) -> dict[str, torch.Tensor]:
@@ -362,3 +343,29 @@ class DegradationAwareEncoder(nn.Module):
         if self.view_head is None or not self.view_head.n_holes:
             return None
         return hole_statistics(views)
+
+
+def grid_views(x: torch.Tensor, size: int, max_views: int = 9) -> torch.Tensor:
+    """Up to ``max_views`` crops (V, 3, S, S), S = ``size``, of one image ``x`` (1, 3, H, W), on an even grid at
+    native resolution.
+
+    Images with a side below S are upscaled (bilinear) so that side is S. Very large images (short side above
+    4 S) are downscaled to short side 4 S first so the crops see a comparable share of the scene as in training.
+    """
+    if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"expected one image (1, 3, H, W), got {tuple(x.shape)}")
+    if max_views < 1:
+        raise ValueError(f"max_views must be >= 1, got {max_views}")
+    s = size
+    h, w = x.shape[-2:]
+    side = min(max(min(int(h), int(w)), s), 4 * s)
+    if side != min(h, w):
+        f = side / min(h, w)
+        x = F.interpolate(x, size=(max(s, round(h * f)), max(s, round(w * f))), mode="bilinear",
+                          align_corners=False, antialias=f < 1)
+        h, w = x.shape[-2:]
+    n = max(1, int(math.isqrt(max_views)))
+    ys = torch.linspace(0, h - s, n).round().long().unique().tolist() if h > s else [0]
+    xs = torch.linspace(0, w - s, n).round().long().unique().tolist() if w > s else [0]
+    crops = [x[..., y : y + s, xx : xx + s] for y in ys for xx in xs]
+    return torch.cat(crops, dim=0)

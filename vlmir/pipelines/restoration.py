@@ -213,6 +213,11 @@ class DaCLIPRestorationPipeline:
         image_context, degra_context = self.daclip.encode_image(clip_in, control=True)
         return image_context.float(), degra_context.float()
 
+    def prepare(self, contexts: Any) -> Any:
+        """The UNet's per-image context cache for :meth:`encode`'s output (None on the unoptimised path, which
+        passes the embeddings at every step as the original)."""
+        return self.unet.prepare_context(contexts[1], contexts[0]) if self.fast else None
+
     # ----------------------------------------------------------------------------------------------------------
     def predict_noise(
         self,
@@ -231,7 +236,6 @@ class DaCLIPRestorationPipeline:
         window; outputs are blended with raised-cosine weights. Memory for the UNet is bounded by the tile size;
         the full-size buffers are the state, ``lq``, the blended output and the weight map.
         """
-        image_context, degra_context = contexts
 
         def run(xs: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
             if self.channels_last:
@@ -239,6 +243,7 @@ class DaCLIPRestorationPipeline:
                 ls = ls.contiguous(memory_format=torch.channels_last)
             if cache is not None:
                 return self.unet(xs, ls, int(t), context=cache)
+            image_context, degra_context = contexts
             return self.unet(xs, ls, int(t), text_context=degra_context, image_context=image_context)
 
         _, _, h, w = x_t.shape
@@ -308,7 +313,7 @@ class DaCLIPRestorationPipeline:
         dev = self.device
         lq = x.to(dev, torch.float32)
         contexts = self.encode(lq)
-        cache = self.unet.prepare_context(contexts[1], contexts[0]) if self.fast else None
+        cache = self.prepare(contexts)
         gen = generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed))
 
         def draw() -> torch.Tensor:

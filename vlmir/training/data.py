@@ -198,7 +198,8 @@ class PairSampler:
     combined severity (0 clean), ``window`` (n,) the side of the window each crop was cut from (the image the
     degradation was sized to) and ``share`` (n,) the crop's share of its window's degradation: the mean absolute
     change ``|lq - clean|`` over the crop divided by that over the window (1 for clean crops; about 1 for types that
-    cover the whole image, from 0 to several for those that cover part of it, such as a cast shadow).
+    cover the whole image, from 0 to several for those that cover part of it, such as a cast shadow), and
+    ``photo`` (list) the source photo's name or ``"procedural"``.
     """
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
@@ -287,17 +288,17 @@ class PairSampler:
         """One crop pair: ``clean`` and ``lq`` (crop, crop, 3), ``types``, ``severity`` (combined), ``visibility``,
         ``window`` and ``share`` (see the class docstring)."""
         cfg = self.config
-        win, lq, meta, _ = self._degraded_window()
+        win, lq, meta, source = self._degraded_window()
         s = win.shape[0]
         y, x = int(self.rng.integers(0, s - cfg.crop + 1)), int(self.rng.integers(0, s - cfg.crop + 1))
         sl = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
         change = float(np.abs(lq - win).mean())
         share = float(np.abs(lq[sl] - win[sl]).mean()) / change if meta["types"] and change > 1e-6 else 1.0
         return {"clean": win[sl], "lq": lq[sl], "types": list(meta["types"]), "severity": _combined_severity(meta),
-                "visibility": int(meta["visibility_score"]), "window": s, "share": share}
+                "visibility": int(meta["visibility_score"]), "window": s, "share": share, "photo": source}
 
     def sample(self, n: int) -> dict:
-        clean, lq, target, vis, sev, types, window, share = [], [], [], [], [], [], [], []
+        clean, lq, target, vis, sev, types, window, share, photos = [], [], [], [], [], [], [], [], []
         for _ in range(n):
             one = self.sample_one()
             clean.append(one["clean"])
@@ -308,6 +309,7 @@ class PairSampler:
             types.append(one["types"])
             window.append(one["window"])
             share.append(one["share"])
+            photos.append(one["photo"])
 
         def stack(arrs: Sequence[np.ndarray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrs).transpose(0, 3, 1, 2).copy()).float()
@@ -321,4 +323,5 @@ class PairSampler:
             "types": types,
             "window": torch.tensor(window),
             "share": torch.tensor(share, dtype=torch.float32),
+            "photo": photos,
         }

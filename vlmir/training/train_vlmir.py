@@ -1,0 +1,260 @@
+"""Train VLMIR's two stages on engine pairs: ``vlmir-align`` (stage 1) and ``vlmir-restorer`` (stage 2).
+
+Stage 1 (:func:`train_align`): :func:`vlmir.models.vlmir.build_aligner` from the config's ``model`` block (the frozen
+base CLIP named by ``model.base``), then :meth:`VLMIRAligner.losses` on batches of (LQ, HQ) crops from
+:class:`~vlmir.training.data.PairSampler` with their captions. Only the LoRA adapters, the degradation predictor and
+its temperature train (the base's weights stay bit-identical). The run folder's ``final/`` holds the adapters (peft
+``save_pretrained``), ``predictor.safetensors`` and ``config.json``.
+
+Captions (``captions`` in the config): ``"metadata"``, the default and the only choice offline, builds both from the
+pair's metadata (:func:`vlmir.captions.metadata_caption`): the HQ caption names the source photo, the LQ caption adds
+the degradation and its severity. With probability ``caption_drop_scene`` the LQ caption omits the scene, as at
+inference on a user's photo, where no captioning model names it.
+
+Stage 2 (:func:`train_restorer`): the stage-1 folder (``aligner``) is loaded, its adapters merged and frozen; a
+:class:`~vlmir.models.irsde_unet.ConditionalUNet` with ``context_dim`` = the aligner's width learns the IR-SDE noise
+of ``x_t = mu + (x_0 - mu) e^{-theta_bar_t} + sigma_bar_t n`` (``mu`` the LQ crop, ``x_0`` the HQ crop, t uniform in
+1..T): ``L = |eps_hat - n|_1`` (IR-SDE's matching of x_{t-1} is this loss weighted per t) with the conditioning of
+:meth:`VLMIRAligner.context` (``context_mode``, ``use_captions`` in the config). The aligner sees the whole crop, the
+UNet a centred ``restore_crop`` of it. ``final/`` holds ``pipeline.json``, ``aligner/`` and ``unet/``: the folder
+:func:`vlmir.pipelines.vlmir.load_vlmir` reads.
+
+Both stages resume exactly (``--resume``: model, optimiser, sampler and torch RNG from ``checkpoint.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmir.captions import metadata_caption
+from vlmir.training.common import (
+    Timer,
+    after_step,
+    cosine_lr,
+    make_accelerator,
+    resume_from,
+    save_checkpoint,
+    setup_logger,
+)
+from vlmir.training.data import DataConfig, PairSampler
+
+CAPTION_SOURCES = ("metadata",)
+
+
+def pair_captions(batch: dict, *, drop_scene: float = 0.0, rng: random.Random | None = None) -> tuple[list[str], list[str]]:
+    """Metadata captions ``(lq_captions, hq_captions)`` of a :meth:`PairSampler.sample` batch.
+
+    The HQ caption names the photo; the LQ caption adds its degradations and combined severity, and with
+    probability ``drop_scene`` leaves the scene out (as at inference without a captioning model).
+    """
+    rng = rng or random.Random(0)
+    lq, hq = [], []
+    for photo, types, sev in zip(batch["photo"], batch["types"], batch["severity"].tolist(), strict=True):
+        hq.append(metadata_caption(photo))
+        scene = None if rng.random() < drop_scene else photo
+        lq.append(metadata_caption(scene, types, severity=int(sev) if types else None))
+    return lq, hq
+
+
+def _sampler(cfg: dict[str, Any], crop: int, seed: int) -> PairSampler:
+    data_cfg = dict(cfg.get("data", {}))
+    data_cfg.setdefault("crop", crop)
+    if data_cfg["crop"] != crop:
+        raise ValueError(f"data.crop must equal the CLIP tower's input side {crop}, got {data_cfg['crop']}")
+    return PairSampler(DataConfig(**data_cfg), seed=seed)
+
+
+def _check_captions(cfg: dict[str, Any]) -> None:
+    src = cfg.get("captions", "metadata")
+    if src not in CAPTION_SOURCES:
+        raise ValueError(f"captions must be one of {CAPTION_SOURCES} for on-the-fly engine pairs, got {src!r}")
+
+
+def _batch(sampler: PairSampler, n: int, device: torch.device) -> dict:
+    b = sampler.sample(n)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+
+
+def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module, params: list, sampler: PairSampler,
+          loss_fn: Any, *, resume: bool, progress: bool, log: Any) -> tuple[dict[str, Any], Any, Timer]:
+    """The shared optimisation loop (AdamW, cosine LR, clip 1.0, logs, checkpoints, exact resume)."""
+    from tqdm.auto import tqdm
+
+    acc = make_accelerator(cfg)
+    steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 8))
+    lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)), betas=(0.9, 0.99))
+    ckpt_path = out_dir / "checkpoint.pt"
+    step, spent = resume_from(ckpt_path, model=model, optimizer=opt, sampler=sampler, log=log) if resume else (0, 0.0)
+    (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    model, opt = acc.prepare(model, opt)
+    timer = Timer(spent)
+    logs: dict[str, Any] = {}
+    every, ck_every = int(cfg.get("log_every", 10)), int(cfg.get("checkpoint_every", 100))
+    acc.unwrap_model(model).train()
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, warmup)
+        batch = _batch(sampler, bs, acc.device)
+        loss, logs = loss_fn(acc.unwrap_model(model), batch, step)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
+                   ckpt_path=ckpt_path, model=model, optimizer=opt, sampler=sampler)
+    bar.close()
+    logs["steps"] = steps
+    logs["wall_s"] = round(timer.elapsed(), 1)
+    if acc.is_main_process:
+        save_checkpoint(ckpt_path, model=acc.unwrap_model(model), optimizer=opt, step=steps,
+                        sampler_state=sampler.state(), extra={"wall_s": timer.elapsed()})
+    return logs, acc, timer
+
+
+def _step_rng(seed: int, step: int) -> random.Random:
+    """The caption draws of one step: a function of the step, so a resumed run draws the same."""
+    return random.Random(seed * 1_000_003 + step)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, export: str | Path | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) stage 1; writes ``out_dir/final`` (and ``export``) as :meth:`VLMIRAligner.save_pretrained`."""
+    from vlmir.models.vlmir import build_aligner
+
+    out_dir = Path(out_dir)
+    log = setup_logger(out_dir, "vlmir-align")
+    _check_captions(cfg)
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    model = build_aligner(dict(cfg.get("model", {})))
+    if model.config["base"] == "random":
+        log.info("WARNING: the base CLIP has random weights (test run)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    log.info(f"trainable {sum(p.numel() for p in params)} of {sum(p.numel() for p in model.parameters())} "
+             f"parameters (LoRA rank {model.config['lora_rank']}, predictor {model.config['predictor']})")
+    sampler = _sampler(cfg, model.image_size, seed + 1000)
+    weights = {k: float(cfg.get(k, d)) for k, d in (("w_deg", 1.0), ("w_content", 1.0), ("w_image", 1.0),
+                                                      ("w_caption", 1.0))}
+    drop = float(cfg.get("caption_drop_scene", 0.5))
+
+    def loss_fn(m: Any, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        lq_caps, hq_caps = pair_captions(batch, drop_scene=drop, rng=_step_rng(seed, step))
+        dev = batch["lq"].device
+        out = m.losses(batch["lq"], batch["clean"], batch["target"].to(dev), m.tokenize(lq_caps).to(dev),
+                       m.tokenize(hq_caps).to(dev), **weights)
+        return out["loss"], {k: float(v.detach()) for k, v in out.items()}
+
+    logs, acc, _ = _loop("vlmir-align", cfg, out_dir, model, params, sampler, loss_fn, resume=resume,
+                         progress=progress, log=log)
+    if acc.is_main_process:
+        net = acc.unwrap_model(model)
+        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
+            net.save_pretrained(dst)
+            (dst / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (dst / "metrics.json").write_text(json.dumps({"train": logs}, indent=2) + "\n")
+        log.info(f"done: {logs}")
+    return logs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def restorer_loss(unet: torch.nn.Module, aligner: Any, scheduler: Any, batch: dict, captions: list[str] | None, *,
+                  context_mode: str = "multi", use_captions: bool = True, crop: int | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's IR-SDE loss (module docstring); the aligner is frozen and sees the whole crop."""
+    lq, hq = batch["lq"], batch["clean"]
+    with torch.no_grad():
+        ctx = aligner.context(lq, captions, mode=context_mode, use_captions=use_captions)
+    if crop is not None and crop < lq.shape[-1]:
+        o = (lq.shape[-1] - crop) // 2
+        lq, hq = lq[..., o : o + crop, o : o + crop], hq[..., o : o + crop, o : o + crop]
+    b = lq.shape[0]
+    t = torch.randint(1, scheduler.T + 1, (b,), generator=generator)
+    noise = torch.randn(lq.shape, generator=generator).to(lq)
+    x_t = scheduler.add_noise(hq, noise, t, mu=lq)
+    eps = unet(x_t, lq, t.to(lq.device), context=unet.prepare_context(ctx["text_context"], ctx["image_context"],
+                                                                        ctx["context_mask"]))
+    loss = F.l1_loss(eps, noise)
+    logs = {"loss": loss.item()}
+    return loss, logs
+
+
+class _StageTwo(torch.nn.Module):
+    """The trained part of stage 2 (the UNet) beside the frozen aligner, so checkpoints hold only the UNet."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+
+def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False,
+                   export: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) stage 2; writes ``out_dir/final`` (and ``export``): ``pipeline.json``, ``aligner/``,
+    ``unet/``."""
+    from vlmir.models.irsde_unet import ConditionalUNet
+    from vlmir.models.vlmir import CONTEXT_MODES, VLMIRAligner
+    from vlmir.pipelines.vlmir import ALIGNER_DIR, PIPELINE_FILE, UNET_DIR
+    from vlmir.schedulers.irsde import IRSDEScheduler
+
+    out_dir = Path(out_dir)
+    log = setup_logger(out_dir, "vlmir-restorer")
+    _check_captions(cfg)
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    if not cfg.get("aligner"):
+        raise ValueError("a vlmir-restorer config needs 'aligner': the stage-1 folder (python -m vlmir train "
+                         "vlmir-align ... writes it to <out>/final)")
+    aligner_dir = Path(cfg["aligner"])
+    aligner = VLMIRAligner.from_pretrained(aligner_dir).requires_grad_(False).eval()
+    context_mode = str(cfg.get("context_mode", "multi"))
+    if context_mode not in CONTEXT_MODES:
+        raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+    use_captions = bool(cfg.get("use_captions", True)) and context_mode == "multi"
+    unet_cfg = dict(cfg.get("unet", {}))
+    unet_cfg.setdefault("context_dim", aligner.embed_dim)
+    if unet_cfg["context_dim"] != aligner.embed_dim:
+        raise ValueError(f"unet.context_dim must be the aligner's width {aligner.embed_dim}, got {unet_cfg['context_dim']}")
+    unet_cfg.setdefault("use_image_context", True)
+    unet_cfg.setdefault("use_degra_context", aligner.predictor is not None)
+    model = _StageTwo(ConditionalUNet(**unet_cfg))
+    scheduler_cfg = {"max_sigma": 50, "T": 100, "schedule": "cosine", "eps": 0.005, **cfg.get("scheduler", {})}
+    scheduler = IRSDEScheduler(**scheduler_cfg)
+    sampler = _sampler(cfg, aligner.image_size, seed + 2000)
+    crop = cfg.get("restore_crop")
+    drop = float(cfg.get("caption_drop_scene", 0.5))
+    log.info(f"stage 2: context {context_mode}, captions {use_captions}, unet {unet_cfg}, "
+             f"{sum(p.numel() for p in model.parameters())} parameters")
+
+    def loss_fn(m: Any, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        lq_caps = pair_captions(batch, drop_scene=drop, rng=_step_rng(seed, step))[0] if use_captions else None
+        return restorer_loss(m.unet, aligner, scheduler, batch, lq_caps, context_mode=context_mode,
+                             use_captions=use_captions, crop=crop)
+
+    logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, model, list(model.parameters()), sampler, loss_fn,
+                         resume=resume, progress=progress, log=log)
+    if acc.is_main_process:
+        unet = acc.unwrap_model(model).unet.eval()
+        pipeline = {"name": str(cfg.get("name", "vlmir")), "context_mode": context_mode, "use_captions": use_captions,
+                    "scheduler": scheduler_cfg, "default_steps": cfg.get("default_steps"),
+                    "mode": str(cfg.get("mode", "posterior")), "captions": cfg.get("captions", "metadata")}
+        for dst in [out_dir / "final"] + ([Path(export)] if export else []):
+            dst.mkdir(parents=True, exist_ok=True)
+            if (dst / ALIGNER_DIR).exists():
+                shutil.rmtree(dst / ALIGNER_DIR)
+            shutil.copytree(aligner_dir, dst / ALIGNER_DIR)
+            unet.save_pretrained(dst / UNET_DIR)
+            (dst / PIPELINE_FILE).write_text(json.dumps(pipeline, indent=1) + "\n")
+            (dst / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (dst / "metrics.json").write_text(json.dumps({"train": logs}, indent=2) + "\n")
+        log.info(f"done: {logs}")
+    return logs
