@@ -104,24 +104,39 @@ def _is_resnet(clip: nn.Module) -> bool:
 
 
 class DegradationPredictor(nn.Module):
-    """Splits an LQ image embedding ``e`` (B, D) into a degradation embedding ``e_d = P_d(e)`` and a clean content
+    """Splits an LQ image representation into a degradation embedding ``e_d = P_d([e, z])`` and a clean content
     embedding ``e_c = e + P_c(e)`` (``P_c``'s last layer zero-initialised: ``e_c = e`` at the start).
+
+    ``e`` (B, D) is the tower's embedding; ``z`` (B, S) optional feature statistics of the tower's intermediate
+    maps (channel means and standard deviations): the pooled embedding of a tower trained for content keeps little
+    of the noise, blur and blocking statistics that the early maps still carry.
 
     Args:
         dim: embedding width D.
         hidden: width of both MLPs' hidden layer.
+        stats_dim: S, 0 for none.
     """
 
-    def __init__(self, dim: int, hidden: int = 256) -> None:
+    def __init__(self, dim: int, hidden: int = 256, stats_dim: int = 0) -> None:
         super().__init__()
-        self.degradation = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.stats_dim = int(stats_dim)
+        self.stats_norm = nn.LayerNorm(stats_dim) if stats_dim else None
+        self.degradation = nn.Sequential(nn.LayerNorm(dim + stats_dim), nn.Linear(dim + stats_dim, hidden), nn.GELU(),
+                                         nn.Linear(hidden, dim))
         self.content = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.content[-1].weight)
         nn.init.zeros_(self.content[-1].bias)
 
-    def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, e: torch.Tensor, stats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(e_d, e_c)``, each (B, D)."""
-        return self.degradation(e), e + self.content(e)
+        if self.stats_dim:
+            if stats is None or stats.shape[-1] != self.stats_dim:
+                raise ValueError(f"the predictor needs feature statistics (B, {self.stats_dim}), got "
+                                 f"{None if stats is None else tuple(stats.shape)}")
+            z = torch.cat([e, self.stats_norm(stats)], dim=-1)
+        else:
+            z = e
+        return self.degradation(z), e + self.content(e)
 
 
 class VLMIRAligner(nn.Module):
@@ -142,6 +157,9 @@ class VLMIRAligner(nn.Module):
         lora_image_targets: peft regex of the image-tower modules to adapt; None picks ViT or ResNet targets.
         predictor: use the degradation predictor (False: the "no predictor" ablation; ``e_c = e``, no ``e_d``).
         predictor_hidden: hidden width of the predictor's MLPs.
+        predictor_stats: the predictor also reads the channel means and standard deviations of this many of the
+            image tower's intermediate maps, counted from the first (ResNet: stem and the four stages; ViT: blocks);
+            0 for the embedding alone.
         degradation_names: the classes ``e_d`` is matched to (DA-CLIP's ten plus ``clear``).
         init_logit_scale: initial log temperature of L_deg (CLIP: log(1 / 0.07)).
     """
@@ -160,6 +178,7 @@ class VLMIRAligner(nn.Module):
         lora_image_targets: str | None = None,
         predictor: bool = True,
         predictor_hidden: int = 256,
+        predictor_stats: int = 0,
         degradation_names: Sequence[str] = DEGRADATIONS_AND_CLEAR,
         init_logit_scale: float = math.log(1 / 0.07),
     ) -> None:
@@ -174,7 +193,8 @@ class VLMIRAligner(nn.Module):
             clip_model=clip_model, clip_config=copy.deepcopy(clip_config), base=base, image_views=image_views,
             lora_rank=lora_rank, lora_alpha=float(lora_alpha), lora_dropout=float(lora_dropout),
             lora_text=bool(lora_text), lora_image_targets=lora_image_targets, predictor=bool(predictor),
-            predictor_hidden=predictor_hidden, degradation_names=list(degradation_names),
+            predictor_hidden=predictor_hidden, predictor_stats=int(predictor_stats),
+            degradation_names=list(degradation_names),
             init_logit_scale=float(init_logit_scale),
         )
         clip = build_clip(clip_model, clip_config)
@@ -188,7 +208,8 @@ class VLMIRAligner(nn.Module):
                               else clip.visual.image_size)
         self.context_length = int(clip.context_length)
         self.degradation_names = tuple(degradation_names)
-        self.predictor = DegradationPredictor(self.embed_dim, predictor_hidden) if predictor else None
+        self.stats_dim = self._stats_dim(clip, int(predictor_stats)) if predictor else 0
+        self.predictor = DegradationPredictor(self.embed_dim, predictor_hidden, self.stats_dim) if predictor else None
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.register_buffer("mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
@@ -300,13 +321,36 @@ class VLMIRAligner(nn.Module):
             crops, counts = r[..., top : top + s, left : left + s], [1] * x.shape[0]
         return (crops - self.mean) / self.std, counts
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """``e = E_I(x)`` (B, D), unnormalised; views of one image are averaged."""
+    @staticmethod
+    def _stats_dim(clip: nn.Module, n: int) -> int:
+        if n <= 0:
+            return 0
+        s = int(clip.visual.image_size[0] if isinstance(clip.visual.image_size, (tuple, list)) else clip.visual.image_size)
+        with torch.no_grad():
+            maps = clip.visual.forward_intermediates(torch.zeros(1, 3, s, s), indices=list(range(n)),
+                                                     intermediates_only=True)["image_intermediates"]
+        return 2 * sum(m.shape[1] for m in maps)
+
+    def _tower(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image tower on normalised crops: ``(e (B, D), statistics (B, S) or None)``."""
+        visual = self.clip_model.visual
+        n = self.config["predictor_stats"] if self.predictor is not None else 0
+        if n <= 0:
+            return visual(crops), None
+        out = visual.forward_intermediates(crops, indices=list(range(n)))
+        maps = out["image_intermediates"]  # (B, C_i, H_i, W_i)
+        stats = torch.cat([m.mean((2, 3)) for m in maps] + [m.std((2, 3)) for m in maps], dim=1)
+        return out["image_features"], stats
+
+    def encode_image(self, x: torch.Tensor, *, with_stats: bool = False):
+        """``e = E_I(x)`` (B, D), unnormalised (with ``with_stats`` also the predictor's feature statistics);
+        views of one image are averaged."""
         crops, counts = self._inputs(x)
-        e = self.clip_model.visual(crops)
-        if max(counts) == 1:
-            return e
-        return torch.stack([c.mean(0) for c in torch.split(e, counts)])
+        e, stats = self._tower(crops)
+        if max(counts) > 1:
+            e = torch.stack([c.mean(0) for c in torch.split(e, counts)])
+            stats = None if stats is None else torch.stack([c.mean(0) for c in torch.split(stats, counts)])
+        return (e, stats) if with_stats else e
 
     def text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Text tower on ``tokens`` (N, L): ``(pooled (N, D), token embeddings (N, L, D), mask (N, L))``.
@@ -333,10 +377,10 @@ class VLMIRAligner(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """LQ images ``x`` (B, 3, H, W) in [0, 1] -> ``embedding`` e, ``content`` e_c and ``degradation`` e_d
         (B, D; e_d is absent without a predictor)."""
-        e = self.encode_image(x)
+        e, stats = self.encode_image(x, with_stats=True)
         out = {"embedding": e, "content": e}
         if self.predictor is not None:
-            out["degradation"], out["content"] = self.predictor(e)
+            out["degradation"], out["content"] = self.predictor(e, stats)
         return out
 
     def name_embeddings(self) -> torch.Tensor:
