@@ -411,3 +411,25 @@ def test_registry_lists_vlmir_models():
 
     assert "vlmir" in list_models(task="restorer") and "vlmir-classifier" in list_models(task="classifier")
     assert get_spec("vlmir").extra["diffusion"]
+
+
+def test_ablation_plan_shares_stage_one_and_restricts_types(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.vlmir_ablation import merge, plan
+
+    assert merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"c": 5}}) == {"a": {"b": 1, "c": 5}, "d": 3}
+    cfg = json.loads((ROOT / "vlmir" / "training" / "configs" / "vlmir_ablation.json").read_text())
+    runs = plan(cfg, tmp_path)
+    assert len(runs) == len(cfg["settings"]) * len(cfg["variants"])
+    by = {(r["setting"], r["variant"]): r for r in runs}
+    full, single = by[("universal", "VLMIR")], by[("universal", "single-token")]
+    assert full["align_dir"] == single["align_dir"] and full["restorer_dir"] != single["restorer_dir"]
+    assert by[("universal", "w/o LoRA")]["align"]["model"]["lora_rank"] == 0
+    assert by[("universal", "w/o predictor")]["align"]["model"]["predictor"] is False
+    assert single["restorer"]["context_mode"] == "single"
+    assert by[("universal", "w/o captions")]["restorer"]["use_captions"] is False
+    assert full["restorer"]["steps"] == cfg["restorer_steps"] and full["align"]["steps"] == cfg["align_steps"]
+    noisy = by[("noisy", "VLMIR")]["restorer"]["data"]
+    assert noisy["p_mixture"] == 0.0 and noisy["type_weights"]["noisy"] == 1.0
+    assert sum(noisy["type_weights"].values()) == 1.0
+    assert "type_weights" not in full["restorer"]["data"]

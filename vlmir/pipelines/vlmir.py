@@ -126,11 +126,27 @@ class VLMIRClassifier:
         return self.pipeline.predicted_type(x.clamp(0, 1))
 
 
+class ModelCaptioner:
+    """A transformers captioning model (:class:`vlmir.degradations.dataset.Captioner`: a local folder or a cached
+    hub id) as a VLMIR captioner of tensors ``(1, 3, H, W)``."""
+
+    def __init__(self, name_or_path: str, device: str = "cpu") -> None:
+        from vlmir.degradations.dataset import Captioner
+
+        self.model = Captioner(name_or_path, device=device)
+        self.name = self.model.name
+
+    def __call__(self, x: torch.Tensor) -> str:
+        from vlmir.io import to_numpy
+
+        return self.model(to_numpy(x))
+
+
 def load_vlmir(path: str | Path | None = None, *, device: str = "cpu", **overrides: Any) -> VLMIRRestorationPipeline:
     """A VLMIR pipeline from a folder with ``pipeline.json`` (context mode, captions, scheduler, default steps),
     ``aligner/`` (:meth:`VLMIRAligner.save_pretrained`) and ``unet/`` (:meth:`ConditionalUNet.save_pretrained`).
-    ``overrides`` replace pipeline settings (``context_mode``, ``use_captions``, ``captioner``, ``default_steps``,
-    ``mode``)."""
+    ``overrides`` replace pipeline settings (``context_mode``, ``use_captions``, ``default_steps``, ``mode``, and
+    ``captioner``: a callable, or a captioning model's folder / cached hub id)."""
     from vlmir.models.irsde_unet import ConditionalUNet
     from vlmir.models.vlmir import VLMIRAligner
     from vlmir.schedulers.irsde import IRSDEScheduler
@@ -146,6 +162,8 @@ def load_vlmir(path: str | Path | None = None, *, device: str = "cpu", **overrid
     scheduler = IRSDEScheduler(**cfg.get("scheduler", {}))
     settings = {k: cfg[k] for k in ("context_mode", "use_captions", "default_steps", "mode") if k in cfg}
     settings.update(overrides)
+    if isinstance(settings.get("captioner"), (str, Path)):
+        settings["captioner"] = ModelCaptioner(str(settings["captioner"]), device=device)
     # a base CLIP with random weights (tests) makes every output meaningless: say so wherever it is shown
     random_weights = aligner.config.get("base", "random") == "random"
     return VLMIRRestorationPipeline(aligner, unet, scheduler, name=cfg.get("name", "vlmir"),

@@ -82,15 +82,19 @@ def _batch(sampler: PairSampler, n: int, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
 
 
-def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module, params: list, sampler: PairSampler,
+def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module, groups: list[dict], sampler: PairSampler,
           loss_fn: Any, *, resume: bool, progress: bool, log: Any) -> tuple[dict[str, Any], Any, Timer]:
-    """The shared optimisation loop (AdamW, cosine LR, clip 1.0, logs, checkpoints, exact resume)."""
+    """The shared optimisation loop: AdamW over parameter ``groups`` (``{"params", "lr"}``; each group's LR
+    follows the cosine schedule from its own base), gradients clipped to norm 1 per group (a large gradient of
+    one part must not stall another), logs, checkpoints, exact resume."""
     from tqdm.auto import tqdm
 
     acc = make_accelerator(cfg)
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 8))
-    lr, warmup = float(cfg.get("lr", 1e-3)), int(cfg.get("warmup", 50))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.get("weight_decay", 0.0)), betas=(0.9, 0.99))
+    warmup = int(cfg.get("warmup", 50))
+    groups = [g for g in groups if g["params"]]
+    base_lrs = [float(g["lr"]) for g in groups]
+    opt = torch.optim.AdamW(groups, weight_decay=float(cfg.get("weight_decay", 0.0)), betas=(0.9, 0.99))
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = resume_from(ckpt_path, model=model, optimizer=opt, sampler=sampler, log=log) if resume else (0, 0.0)
     (out_dir / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -101,13 +105,14 @@ def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module,
     acc.unwrap_model(model).train()
     bar = tqdm(range(step, steps), initial=step, total=steps, desc=name, disable=not progress)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup)
+        for g, base in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = cosine_lr(step, steps, base, warmup)
         batch = _batch(sampler, bs, acc.device)
         loss, logs = loss_fn(acc.unwrap_model(model), batch, step)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
-        acc.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:
+            acc.clip_grad_norm_(g["params"], 1.0)
         opt.step()
         bar.set_postfix(loss=f"{logs['loss']:.4f}")
         after_step(step, steps, logs, every=every, ck_every=ck_every, log=log, timer=timer, acc=acc,
@@ -140,8 +145,11 @@ def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
     model = build_aligner(dict(cfg.get("model", {})))
     if model.config["base"] == "random":
         log.info("WARNING: the base CLIP has random weights (test run)")
-    params = [p for p in model.parameters() if p.requires_grad]
-    log.info(f"trainable {sum(p.numel() for p in params)} of {sum(p.numel() for p in model.parameters())} "
+    lr = float(cfg.get("lr", 1e-3))
+    head = [p for n, p in model.named_parameters() if p.requires_grad and (n.startswith("predictor.") or n == "logit_scale")]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    groups = [{"params": lora, "lr": lr}, {"params": head, "lr": float(cfg.get("predictor_lr", lr))}]
+    log.info(f"trainable {sum(p.numel() for p in lora + head)} of {sum(p.numel() for p in model.parameters())} "
              f"parameters (LoRA rank {model.config['lora_rank']}, predictor {model.config['predictor']})")
     sampler = _sampler(cfg, model.image_size, seed + 1000)
     weights = {k: float(cfg.get(k, d)) for k, d in (("w_deg", 1.0), ("w_content", 1.0), ("w_image", 1.0),
@@ -155,7 +163,7 @@ def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
                        m.tokenize(hq_caps).to(dev), **weights)
         return out["loss"], {k: float(v.detach()) for k, v in out.items()}
 
-    logs, acc, _ = _loop("vlmir-align", cfg, out_dir, model, params, sampler, loss_fn, resume=resume,
+    logs, acc, _ = _loop("vlmir-align", cfg, out_dir, model, groups, sampler, loss_fn, resume=resume,
                          progress=progress, log=log)
     if acc.is_main_process:
         net = acc.unwrap_model(model)
@@ -240,7 +248,8 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
         return restorer_loss(m.unet, aligner, scheduler, batch, lq_caps, context_mode=context_mode,
                              use_captions=use_captions, crop=crop)
 
-    logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, model, list(model.parameters()), sampler, loss_fn,
+    groups = [{"params": list(model.parameters()), "lr": float(cfg.get("lr", 1e-3))}]
+    logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, model, groups, sampler, loss_fn,
                          resume=resume, progress=progress, log=log)
     if acc.is_main_process:
         unet = acc.unwrap_model(model).unet.eval()
