@@ -433,3 +433,22 @@ def test_ablation_plan_shares_stage_one_and_restricts_types(tmp_path):
     assert noisy["p_mixture"] == 0.0 and noisy["type_weights"]["noisy"] == 1.0
     assert sum(noisy["type_weights"].values()) == 1.0
     assert "type_weights" not in full["restorer"]["data"]
+
+
+@pytest.mark.slow  # builds the full ViT-B-32 (150M parameters): about a minute on two cores
+def test_paper_scale_configs_build_on_random_weights_and_fail_fast_offline(tmp_path):
+    from vlmir.training.common import load_config
+    from vlmir.training.train_vlmir import train_align
+
+    cfg = load_config(ROOT / "vlmir" / "training" / "configs" / "vlmir_align_vitb32.json")
+    rcfg = load_config(ROOT / "vlmir" / "training" / "configs" / "vlmir_restorer_vitb32.json")
+    assert cfg["model"]["clip_model"] == "ViT-B-32" and rcfg["unet"]["ch_mult"] == [1, 2, 4, 8]
+    m = build_aligner({**cfg["model"], "base": "random"})
+    assert m.embed_dim == 512 and m.image_size == 224 and m.context_length == 77
+    adapted = [n for n, _ in m.peft.named_modules() if n.endswith(("c_fc", "c_proj")) and hasattr(_, "lora_A")]
+    assert len(adapted) == 2 * 12 + 2 * 12  # both MLP linears of the 12 image and 12 text blocks
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 180, 240))  # resized and centre-cropped to 224
+    assert out["degradation"].shape == (1, 512)
+    with pytest.raises(FileNotFoundError, match="open_clip_model.safetensors"):
+        train_align({**cfg, "steps": 1}, tmp_path / "run", progress=False)

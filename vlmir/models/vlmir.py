@@ -566,11 +566,20 @@ def load_base_weights(base: str) -> dict[str, torch.Tensor] | None:
         if not cfg or not cfg.get("hf_hub"):
             raise ValueError(f"open_clip has no hub weights for {name!r} / {tag!r}; known tags: "
                              f"{', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'}")
+        if cfg.get("quick_gelu") and not name.endswith("-quickgelu"):
+            raise ValueError(f"open_clip's {name}/{tag} weights were trained with QuickGELU: use the model name "
+                             f"{name}-quickgelu (clip_model and base)")
         from vlmir.registry import hub_file
 
         repo = cfg["hf_hub"].rstrip("/")
-        filename = "open_clip_model.safetensors"
-        return _read_state(hub_file(repo, filename))
+        # open_clip's hub repos hold the weights as safetensors and/or the older pickle-free state-dict .bin
+        errors = []
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            try:
+                return _read_state(hub_file(repo, filename))
+            except FileNotFoundError as e:
+                errors.append(str(e))
+        raise FileNotFoundError(" / ".join(errors))
     path = Path(base)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP base weights {base!r}: not 'random', 'embedded-encoder', "
