@@ -381,29 +381,26 @@ def format_report(m: dict[str, Any]) -> str:
     lines = [f"== engine {m['engine']}, split {m['split']} ({len(m['photos'])} photos: {', '.join(m['photos'])}), "
              f"short side {m['short_side']} px"]
     c, r, ref, q = m.get("classifier"), m.get("restorer"), m.get("reference"), m.get("rater")
-    head = f"{'type':16s}"
+    nan = float("nan")
+
+    def ssim_cell(t: str) -> str:
+        pt = r["per_type"][t]
+        return f"{pt['ssim_in']:.3f}>{pt['ssim_out']:.3f}" if "ssim_in" in pt else "-"
+
+    columns: list[tuple[str, Callable[[str], str]]] = []  # (title, cell of a type), right-aligned
     if c:
-        head += f" {'top-1':>6s}"
+        columns.append(("top-1", lambda t: f"{c['top1_per_type'].get(t, nan):.3f}"))
     if r:
-        head += f" {'gain dB':>8s} {'min dB':>7s} {'SSIM in>out':>12s}"
+        columns += [("gain dB", lambda t: f"{r['per_type'][t]['gain_db']:+.2f}"),
+                    ("min dB", lambda t: f"{r['per_type'][t]['min_gain_db']:+.2f}"), ("SSIM in>out", ssim_cell)]
     if ref:
-        head += f" {'classical|type dB':>18s}"
+        columns.append(("classical|type dB", lambda t: f"{ref['per_type'][t]['gain_db']:+.2f}"))
     if q:
-        head += f" {'rater rho':>9s}"
-    lines.append(head)
+        columns.append(("rater rho", lambda t: f"{q['spearman_per_type'].get(t, nan):+.3f}"))
+    widths = [max(len(title), 8) for title, _ in columns]
+    lines.append(f"{'type':16s}" + "".join(f" {title:>{w}s}" for (title, _), w in zip(columns, widths, strict=True)))
     for t in m["types"]:
-        row = f"{t:16s}"
-        if c:
-            row += f" {c['top1_per_type'].get(t, float('nan')):6.3f}"
-        if r:
-            pt = r["per_type"][t]
-            ss = f"{pt['ssim_in']:.3f}>{pt['ssim_out']:.3f}" if "ssim_in" in pt else "-"
-            row += f" {pt['gain_db']:+8.2f} {pt['min_gain_db']:+7.2f} {ss:>12s}"
-        if ref:
-            row += f" {ref['per_type'][t]['gain_db']:+18.2f}"
-        if q:
-            row += f" {q['spearman_per_type'].get(t, float('nan')):+9.3f}"
-        lines.append(row)
+        lines.append(f"{t:16s}" + "".join(f" {cell(t):>{w}s}" for (_, cell), w in zip(columns, widths, strict=True)))
     if c:
         lines.append(f"classifier: top-1 {c['top1']:.3f} over {c['n_images']} images (7 types, severities 2-3); "
                      f"lowest type {c['top1_min_type']:.3f}; clean photos called clear {c['clear_share']:.2f}")
