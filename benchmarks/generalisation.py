@@ -290,11 +290,13 @@ def run_restorer(restore: Callable[[Any, str], Any], clean: dict[str, np.ndarray
             row["ssim_in"] = ssim(clean[c["photo"]], c["lq"])
             row["ssim_out"] = ssim(clean[c["photo"]], to_numpy(y))
         rows.append(row)
-    clean_psnr = []
-    for img in clean.values():
+    clean_psnr = {}
+    for p, img in clean.items():
         x = _tensor(img)
-        clean_psnr.append(psnr(restore(x, CLEAR), x))
-    out = restorer_metrics(rows, clean_psnr)
+        clean_psnr[p] = psnr(restore(x, CLEAR), x)
+    out = restorer_metrics(rows, list(clean_psnr.values()))
+    out["clean_psnr_min_photo"] = min(clean_psnr, key=clean_psnr.get)
+    out["clean_images"] = [{"photo": p, "psnr": v} for p, v in clean_psnr.items()]
     out["median_restore_s"] = float(np.median(times))
     out["images"] = rows
     return out
@@ -409,7 +411,8 @@ def format_report(m: dict[str, Any]) -> str:
         lines.append(f"restorer: mean gain {r['mean_gain_db']:+.2f} dB over {r['n_images']} images; lowest type "
                      f"{r['min_type_gain_db']:+.2f} dB; worst image {w['photo']} {w['type']} s{w['severity']} "
                      f"{w['gain_db']:+.2f} dB; clean inputs kept at {r['clean_psnr_db']:.1f} dB (min "
-                     f"{r['clean_psnr_min_db']:.1f}); {r['median_restore_s']:.2f} s/image median")
+                     f"{r['clean_psnr_min_db']:.1f}, {r['clean_psnr_min_photo']}); {r['median_restore_s']:.2f} "
+                     "s/image median")
     if ref:
         w = ref["worst_image"]
         lines.append(f"reference (classical given the true type): mean gain {ref['mean_gain_db']:+.2f} dB; worst "

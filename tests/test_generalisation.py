@@ -204,7 +204,7 @@ def test_evaluate_with_hand_made_models():
     assert m["classifier"]["top1_per_type"]["hazy"] == 1.0 and m["classifier"]["clear_share"] == 0.0
     r = m["restorer"]
     assert r["mean_gain_db"] == pytest.approx(0.0) and r["n_images"] == 14
-    assert r["clean_psnr_db"] == 100.0
+    assert r["clean_psnr_db"] == 100.0 and r["clean_psnr_min_photo"] == m["photos"][0]
     assert all(v["ssim_in"] == pytest.approx(v["ssim_out"]) for v in r["per_type"].values())
     assert m["targets"]["restorer.mean_gain_db"]["met"] is False
     assert "rater" not in m
