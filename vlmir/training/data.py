@@ -1,7 +1,9 @@
 """Training data from photos that pip packages ship, degraded on the fly by :mod:`vlmir.degradations`.
 
 Photos: scikit-image's ``skimage/data`` folder, scikit-learn's sample images (china, flower) and matplotlib's
-``grace_hopper.jpg``, plus procedural content (gradients, shapes, stripes). Three whole photos are held out for
+``grace_hopper.jpg``, plus procedural content (gradients, shapes, stripes); where every photo file lives, and the
+three-way train / select / report split of all the photos installed packages ship, is
+:mod:`vlmir.training.photos` (``DataConfig.photos`` may name any of its ``train`` photos). Three whole photos are held out for
 validation and never seen in training: ``chelsea``, ``coffee`` (scikit-image) and ``grace_hopper`` (matplotlib).
 Grey photos are used as RGB with a random colour tint. No desktop-wallpaper packages (reserved for evaluation).
 
@@ -13,10 +15,8 @@ clean), then cut the training *crop* from the same place of the clean and degrad
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -28,46 +28,28 @@ from vlmir.degradations import degrade, sample_degradation
 
 CLASS_NAMES: tuple[str, ...] = DEGRADATIONS_AND_CLEAR
 
-# photo name -> (package, file); "held-out" photos are never used for training
+# the photos the shipped embedded models were trained on, and their held-out photos (never used for training);
+# both keep their meaning so those models stay reproducible
 TRAIN_PHOTOS: tuple[str, ...] = (
     "astronaut", "rocket", "motorcycle_left", "motorcycle_right", "hubble_deep_field", "ihc", "retina",
     "china", "flower", "camera", "brick", "grass", "gravel", "coins", "moon", "cell", "page", "text",
 )
 HELDOUT_PHOTOS: tuple[str, ...] = ("chelsea", "coffee", "grace_hopper")
 
-_SKIMAGE_FILES = {
-    "astronaut": "astronaut.png", "rocket": "rocket.jpg", "motorcycle_left": "motorcycle_left.png",
-    "motorcycle_right": "motorcycle_right.png", "hubble_deep_field": "hubble_deep_field.jpg", "ihc": "ihc.png",
-    "retina": "retina.jpg", "camera": "camera.png", "brick": "brick.png", "grass": "grass.png",
-    "gravel": "gravel.png", "coins": "coins.png", "moon": "moon.png", "cell": "cell.png", "page": "page.png",
-    "text": "text.png", "chelsea": "chelsea.png", "coffee": "coffee.png",
-}
-
 
 def photo_path(name: str) -> Path:
-    """Path of a shipped photo by name (see :data:`TRAIN_PHOTOS`, :data:`HELDOUT_PHOTOS`)."""
-    if name in _SKIMAGE_FILES:
-        import skimage
+    """Path of a shipped photo by name: any photo of the catalogue :mod:`vlmir.training.photos` (which includes
+    :data:`TRAIN_PHOTOS` and :data:`HELDOUT_PHOTOS`, at the same files as before)."""
+    from vlmir.training.photos import photo_file
 
-        return Path(os.path.dirname(skimage.__file__)) / "data" / _SKIMAGE_FILES[name]
-    if name in ("china", "flower"):
-        import sklearn
-
-        return Path(os.path.dirname(sklearn.__file__)) / "datasets" / "images" / f"{name}.jpg"
-    if name == "grace_hopper":
-        import matplotlib
-
-        return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    valid = sorted((*_SKIMAGE_FILES, "china", "flower", "grace_hopper"))
-    raise ValueError(f"unknown photo {name!r}; valid names: {', '.join(valid)}")
+    return photo_file(name)
 
 
-@lru_cache(maxsize=64)
 def load_photo(name: str) -> np.ndarray:
-    """Photo ``name`` as float32 HWC RGB in [0, 1] (read through :func:`vlmir.io.load_image`)."""
-    from vlmir.io import load_image, to_numpy
+    """Photo ``name`` as float32 HWC RGB in [0, 1] (:func:`vlmir.training.photos.load_photo`, cached)."""
+    from vlmir.training.photos import load_photo as _load
 
-    return to_numpy(load_image(photo_path(name)))
+    return _load(name)
 
 
 def heldout_image(name: str, short_side: int = 256) -> np.ndarray:
@@ -148,9 +130,14 @@ class DataConfig:
             sample_degradation(np.random.default_rng(0), weights=self.type_weights)  # the same checks, now
         if self.window[0] < self.crop or self.window[1] < self.window[0]:
             raise ValueError(f"window {self.window} must satisfy crop ({self.crop}) <= min <= max")
+        from vlmir.training.photos import photo_split
+
         bad = sorted(set(self.photos) & set(HELDOUT_PHOTOS))
         if bad:
             raise ValueError(f"held-out photos {bad} cannot be training photos")
+        bad = sorted(p for p in set(self.photos) if photo_split(p) != "train")  # unknown names raise here too
+        if bad:
+            raise ValueError(f"photos {bad} are in the select or report split (vlmir.training.photos), not train")
 
 
 # short sides of the whole photos drawn for fits on the inference geometry (the view head, a photo feature bank)

@@ -1,0 +1,235 @@
+"""The photo catalogue and its three-way split, the independent degradation engine, and the generalisation
+benchmark's metrics (benchmarks/generalisation.py)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import generalisation as G
+from benchmarks import independent_degradations as ID
+from vlmir.training import photos as P
+from vlmir.training.data import HELDOUT_PHOTOS, TRAIN_PHOTOS, DataConfig, PairSampler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _test_image(side: int = 96) -> np.ndarray:
+    return P.photo_image("astronaut", side)
+
+
+# -- photo catalogue --------------------------------------------------------------------------------------------
+
+def test_catalogue_files_are_on_disk_and_load_as_rgb():
+    assert P.missing_photos() == ()  # requirements.txt installs every package the catalogue names
+    for name in P.list_photos():
+        path = P.photo_file(name)
+        assert path.is_file(), name
+        img = P.load_photo(name)
+        assert img.dtype == np.float32 and img.ndim == 3 and img.shape[2] == 3, name
+        assert min(img.shape[:2]) >= 128, name
+        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0, name
+        assert float(img.std()) > 0.05, name  # real content, not a flat file
+
+
+def test_grey_photos_load_as_three_equal_channels():
+    for name in ("aero", "camera"):  # an .npz array (PyWavelets) and a grey PNG (scikit-image)
+        img = P.load_photo(name)
+        assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+
+
+def test_old_photo_names_keep_their_files():
+    import skimage
+
+    assert P.photo_file("astronaut") == Path(skimage.__file__).parent / "data" / "astronaut.png"
+    assert P.photo_file("grace_hopper").name == "grace_hopper.jpg"
+
+
+def test_splits_are_disjoint_deterministic_and_keep_the_old_meaning():
+    names = [p.name for p in P.CATALOGUE]
+    assert len(names) == len(set(names))
+    split = {s: set(P.list_photos(s)) for s in P.SPLITS}
+    assert P.list_photos("report") == P.list_photos("report")
+    assert not split["train"] & split["select"] and not split["train"] & split["report"]
+    assert not split["select"] & split["report"]
+    assert split["train"] | split["select"] | split["report"] == set(P.list_photos())
+    assert set(TRAIN_PHOTOS) <= split["train"]
+    assert set(HELDOUT_PHOTOS) <= split["select"]
+    assert not split["report"] & set(TRAIN_PHOTOS)
+    assert len(split["report"]) >= 10
+    assert {P.get_photo(n).distribution for n in split["report"]} >= {"gradio", "pyiqa"}
+    assert P.photo_split("lion") == "report" and P.photo_split("chelsea") == "select"
+
+
+def test_catalogue_rejects_unknown_names_and_splits():
+    with pytest.raises(ValueError, match="'nope'"):
+        P.get_photo("nope")
+    with pytest.raises(ValueError, match="'test'"):
+        P.list_photos("test")
+    with pytest.raises(ValueError, match="short_side"):
+        P.resize_short_side(_test_image(), 4)
+
+
+def test_resize_short_side_keeps_aspect():
+    img = P.photo_image("coffee", 100)  # 600 x 400 photo
+    assert img.shape == (100, 150, 3)
+    assert P.photo_image("tower", 128).shape == (204, 128, 3)  # 377 x 600, portrait
+
+
+def test_training_config_takes_new_train_photos_and_refuses_select_and_report():
+    cfg = DataConfig(crop=32, window=(48, 64), photos=("aero", "groot"), p_procedural=0.0)
+    batch = PairSampler(cfg, seed=0).sample(2)
+    assert batch["clean"].shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="lion"):
+        DataConfig(photos=("astronaut", "lion"))
+    with pytest.raises(ValueError, match="ascent"):
+        DataConfig(photos=("ascent",))
+    with pytest.raises(ValueError, match="no_such_photo"):
+        DataConfig(photos=("no_such_photo",))
+
+
+# -- the independent engine -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ID.TYPES)
+def test_independent_engine_is_seeded_and_keeps_shape_and_range(kind):
+    img = _test_image(80)[:, :72]  # not square
+    a = ID.degrade(img, kind, 3, seed=5)
+    assert a.shape == img.shape and a.dtype == np.float32
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert np.array_equal(a, ID.degrade(img, kind, 3, seed=5))
+    assert not np.array_equal(a, ID.degrade(img, kind, 3, seed=6))
+    assert float(np.abs(a - img).mean()) > 0.005
+
+
+@pytest.mark.parametrize("kind", ID.TYPES)
+def test_independent_engine_grows_with_severity(kind):
+    img = _test_image(96)
+    change = [float(np.abs(ID.degrade(img, kind, s, seed=1) - img).mean()) for s in ID.SEVERITIES]
+    assert all(b > a for a, b in zip(change, change[1:], strict=False)), change
+
+
+def test_independent_engine_rejects_bad_input():
+    img = _test_image(32)
+    with pytest.raises(ValueError, match="'raindrop'"):
+        ID.degrade(img, "raindrop", 2, seed=0)
+    for bad in (0, 6, 2.0, True):
+        with pytest.raises(ValueError, match="severity"):
+            ID.degrade(img, "hazy", bad, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        ID.degrade(img, "hazy", 2, seed=-1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ID.degrade(img * 2, "noisy", 2, seed=0)
+    with pytest.raises(ValueError, match="H, W, 3"):
+        ID.degrade(img[..., 0], "noisy", 2, seed=0)
+
+
+def test_independent_engine_differs_from_ours():
+    img = _test_image(96)
+    for kind in ID.TYPES:
+        mine = G.degrade_with("independent", img, kind, 3, 0)
+        ours = G.degrade_with("ours", img, kind, 3, 0)
+        assert float(np.abs(mine - ours).mean()) > 0.01, kind
+    with pytest.raises(ValueError, match="'theirs'"):
+        G.degrade_with("theirs", img, "hazy", 3, 0)
+
+
+def test_validation_code_stays_out_of_the_package():
+    # the independent engine imports nothing of vlmir, and nothing in vlmir imports benchmarks
+    code = "import sys; import benchmarks.independent_degradations; print(sorted(m for m in sys.modules if m.startswith('vlmir')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    pattern = re.compile(r"^\s*(from|import)\s+benchmarks\b", re.M)
+    assert not [p for p in (ROOT / "vlmir").rglob("*.py") if pattern.search(p.read_text())]
+
+
+# -- benchmark metrics ------------------------------------------------------------------------------------------
+
+def test_classifier_metrics_on_a_hand_case():
+    true = ["hazy", "hazy", "noisy", "rainy"]
+    m = G.classifier_metrics(true, ["hazy"] * 4)  # always "hazy": top-1 is the share of hazy images
+    assert m["top1"] == pytest.approx(0.5)
+    assert m["top1_per_type"] == {"hazy": 1.0, "noisy": 0.0, "rainy": 0.0}
+    assert m["confusion"]["noisy"] == {"hazy": 1}
+    m = G.classifier_metrics(true, ["hazy", "clear", "noisy", "raindrop"])  # other labels are wrong
+    assert m["top1"] == pytest.approx(0.5) and m["top1_per_type"]["hazy"] == 0.5 and m["top1_min_type"] == 0.0
+    with pytest.raises(ValueError):
+        G.classifier_metrics(["hazy"], [])
+
+
+def test_restorer_metrics_on_a_hand_case():
+    rows = [{"photo": "a", "type": "hazy", "severity": 2, "psnr_in": 20.0, "psnr_out": 26.0},
+            {"photo": "b", "type": "hazy", "severity": 3, "psnr_in": 18.0, "psnr_out": 20.0},
+            {"photo": "a", "type": "noisy", "severity": 2, "psnr_in": 25.0, "psnr_out": 24.0}]
+    m = G.restorer_metrics(rows, [40.0, 30.0])
+    assert m["mean_gain_db"] == pytest.approx(7 / 3)
+    assert m["per_type"]["hazy"]["gain_db"] == pytest.approx(4.0)
+    assert m["per_type"]["hazy"]["min_gain_db"] == pytest.approx(2.0)
+    assert m["min_type_gain_db"] == pytest.approx(-1.0)
+    assert m["worst_image"] == {"photo": "a", "type": "noisy", "severity": 2, "gain_db": -1.0}
+    assert m["clean_psnr_db"] == pytest.approx(35.0) and m["clean_psnr_min_db"] == pytest.approx(30.0)
+
+
+def test_rater_metrics_on_a_hand_case():
+    rows = [{"photo": p, "type": "clear", "severity": 0, "score": 5.0} for p in "ab"]
+    rows += [{"photo": p, "type": t, "severity": s, "score": 5.0 - s * 0.7}
+             for p in "ab" for t in ("hazy", "noisy") for s in (1, 2, 3, 4, 5)]
+    m = G.rater_metrics(rows)
+    assert m["spearman"] == pytest.approx(-1.0)
+    assert m["clean_above_severity4"] == 1.0
+    assert m["spearman_per_type"]["hazy"] == pytest.approx(-1.0)
+    assert m["mean_r_by_severity"]["0"] == 5.0
+    rows[0]["score"] = 1.0  # photo a's clean image now scores below its severity-4 images
+    assert G.rater_metrics(rows)["clean_above_severity4"] == 0.5
+
+
+class _Identity:
+    def restore(self, x, **_):
+        return x.clone()
+
+
+class _AlwaysHazy:
+    def classify(self, x):
+        return {"hazy": 0.6, "noisy": 0.4}
+
+
+def test_evaluate_with_hand_made_models():
+    m = G.evaluate(restorer=_Identity(), classifier=_AlwaysHazy(), rater=None, engine="independent",
+                   split="report", limit=1, short_side=64)
+    assert m["photos"] == [P.list_photos("report")[0]]
+    assert m["classifier"]["top1"] == pytest.approx(1 / 7)
+    assert m["classifier"]["top1_per_type"]["hazy"] == 1.0 and m["classifier"]["clear_share"] == 0.0
+    r = m["restorer"]
+    assert r["mean_gain_db"] == pytest.approx(0.0) and r["n_images"] == 14
+    assert r["clean_psnr_db"] == 100.0 and r["clean_psnr_min_photo"] == m["photos"][0]
+    assert all(v["ssim_in"] == pytest.approx(v["ssim_out"]) for v in r["per_type"].values())
+    assert m["targets"]["restorer.mean_gain_db"]["met"] is False
+    assert "rater" not in m
+    with pytest.raises(ValueError, match="restore"):
+        G.evaluate(restorer=object(), classifier=None, rater=None, limit=1)
+    with pytest.raises(ValueError, match="limit"):
+        G.evaluate(restorer=None, classifier=None, rater=None, limit=0)
+
+
+def test_case_seeds_are_fixed():
+    assert G.case_seed("lion", "hazy") == G.case_seed("lion", "hazy")
+    assert G.case_seed("lion", "hazy") != G.case_seed("lion", "noisy")
+    _, a = G.build_cases("ours", ["lion"], severities=(2,), short_side=48)
+    _, b = G.build_cases("ours", ["lion"], severities=(2,), short_side=48)
+    assert len(a) == 7 and all(np.array_equal(x["lq"], y["lq"]) for x, y in zip(a, b, strict=True))
+
+
+def test_command_line_writes_json(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    rc = G.main(["--engine", "independent", "--limit", "1", "--restorer", "none", "--rater", "none",
+                 "--classifier", "none", "--reference", "--no-ssim", "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())["independent"]
+    ref = res["reference"]  # the classical restorer given the true type
+    assert ref["n_images"] == 14 and set(ref["per_type"]) == set(ID.TYPES)
+    assert ref["clean_psnr_db"] == 100.0  # 'clear' is the identity
+    assert ref["per_type"]["hazy"]["gain_db"] > 1.0  # the dark channel prior removes haze
+    assert "reference (classical given the true type)" in capsys.readouterr().out
