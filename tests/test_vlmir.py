@@ -257,6 +257,11 @@ def test_embedded_encoder_towers_are_the_lite_base():
         ours = m.encode_image(x)
         theirs, _ = enc.encode_image(x, control=False)
     assert torch.allclose(ours, theirs, atol=1e-5)  # zero-initialised LoRA: exactly the embedded content tower
+    ctrl = build_aligner({"clip_config": embedded_clip_config(cfg), "base": "embedded-controller", "lora_rank": 0})
+    with torch.no_grad():
+        theirs = enc.controller((x - enc.mean) / enc.std)
+        assert torch.allclose(ctrl.eval().encode_image(x), theirs, atol=1e-5)  # the controller as the image tower
+        assert torch.allclose(ctrl.encode_text(ctrl.name_tokens), enc.encode_text(enc.name_tokens), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
