@@ -20,7 +20,7 @@ when its weights are present) into ``OUT/<setting>/table.{md,tex,csv}`` and ``sc
 
 Run::
 
-    python benchmarks/vlmir_ablation.py --config vlmir/training/configs/vlmir_ablation.json --out runs/vlmir_ablation
+    python benchmarks/vlmir_ablation.py --config benchmarks/vlmir_ablation.json --out runs/vlmir_ablation
     python benchmarks/vlmir_ablation.py --config ... --out ... --limit 2 --eval-only   # re-score existing runs
 """
 
@@ -128,7 +128,7 @@ def write_results(runs: list[dict[str, Any]], out: Path, *, limit: int | None, s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="ablation config (vlmir/training/configs/vlmir_ablation.json)")
+    ap.add_argument("--config", required=True, help="ablation config (benchmarks/vlmir_ablation.json)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--limit", type=int, default=None, help="first N report photos (default: the config's)")
     ap.add_argument("--eval-only", action="store_true", help="no training: score the runs that exist")

@@ -423,7 +423,7 @@ def test_ablation_plan_shares_stage_one_and_restricts_types(tmp_path):
     from benchmarks.vlmir_ablation import merge, plan
 
     assert merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"c": 5}}) == {"a": {"b": 1, "c": 5}, "d": 3}
-    cfg = json.loads((ROOT / "vlmir" / "training" / "configs" / "vlmir_ablation.json").read_text())
+    cfg = json.loads((ROOT / "benchmarks" / "vlmir_ablation.json").read_text())
     runs = plan(cfg, tmp_path)
     assert len(runs) == len(cfg["settings"]) * len(cfg["variants"])
     by = {(r["setting"], r["variant"]): r for r in runs}
