@@ -457,3 +457,25 @@ def test_paper_scale_configs_build_on_random_weights_and_fail_fast_offline(tmp_p
     assert out["degradation"].shape == (1, 512)
     with pytest.raises(FileNotFoundError, match="open_clip_model.safetensors"):
         train_align({**cfg, "steps": 1}, tmp_path / "run", progress=False)
+
+
+def test_sample_prediction_starts_at_the_identity(tiny_vlmir, tmp_path):
+    from vlmir.pipelines.vlmir import load_vlmir
+    from vlmir.schedulers.irsde import IRSDEScheduler
+    from vlmir.training.train_vlmir import train_restorer
+
+    s = IRSDEScheduler(max_sigma=50, T=100)
+    x0, mu, n = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = torch.tensor([3, 70])
+    xt = s.add_noise(x0, n, t, mu=mu)
+    assert torch.allclose(s.noise_from_sample(x0, t, xt, mu), n, atol=1e-4)
+    assert torch.allclose(s.pred_original_sample(s.noise_from_sample(x0[1:], 70, xt[1:], mu[1:]), 70, xt[1:], mu[1:]),
+                          x0[1:], atol=1e-5)
+    root, cfg, _ = tiny_vlmir
+    train_restorer({**cfg, "prediction": "sample", "steps": 0}, tmp_path / "r", progress=False)
+    pipe = load_vlmir(tmp_path / "r" / "final")
+    assert pipe.prediction == "sample"
+    x = torch.rand(1, 3, 40, 52)
+    assert (pipe.restore(x, steps=5, seed=1) - x).abs().max().item() <= 1e-4  # x0_hat = mu: the input comes back
+    with pytest.raises(ValueError, match="prediction"):
+        train_restorer({**cfg, "prediction": "velocity"}, tmp_path / "bad", progress=False)

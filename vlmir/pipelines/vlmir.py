@@ -36,6 +36,7 @@ from vlmir.pipelines.restoration import DaCLIPRestorationPipeline
 from vlmir.registry import WEIGHTS_DIR, ModelSpec, register
 
 VLMIR_DIR = WEIGHTS_DIR / "vlmir-lite"
+PREDICTIONS = ("epsilon", "sample")
 PIPELINE_FILE = "pipeline.json"
 ALIGNER_DIR, UNET_DIR = "aligner", "unet"
 
@@ -51,17 +52,24 @@ class VLMIRRestorationPipeline(DaCLIPRestorationPipeline):
         use_captions: put the caption's tokens in the context (``"multi"`` only).
         captioner: ``captioner(x (1, 3, H, W)) -> str``; None uses the template of the predicted degradation.
         default_steps: sampling steps when ``restore`` gets ``steps=None`` (None: all T).
+        prediction: what the UNet predicts: ``"epsilon"`` (the noise, IR-SDE's and DA-CLIP's) or ``"sample"`` (the
+            clean image as a residual on the LQ image, ``x0 = mu + unet(...)``; the scheduler gets the noise that
+            gives it, :meth:`IRSDEScheduler.noise_from_sample`).
         name, random_weights, mode, fast, channels_last: as :class:`DaCLIPRestorationPipeline`.
     """
 
     def __init__(self, aligner: Any, unet: torch.nn.Module, scheduler: Any = None, *, name: str = "vlmir",
                  random_weights: bool = False, context_mode: str = "multi", use_captions: bool = True,
                  captioner: Callable[[torch.Tensor], str] | None = None, default_steps: int | None = None,
-                 mode: str = "posterior", fast: bool = True, channels_last: bool = True) -> None:
+                 prediction: str = "epsilon", mode: str = "posterior", fast: bool = True,
+                 channels_last: bool = True) -> None:
         from vlmir.models.vlmir import CONTEXT_MODES
 
         if context_mode not in CONTEXT_MODES:
             raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         # the base class keeps its image encoder as ``daclip`` (moved by ``to``, put in eval mode)
         super().__init__(aligner, unet, scheduler, name=name, random_weights=random_weights, mode=mode, fast=fast,
                          preprocess="tensor", channels_last=channels_last)
@@ -107,6 +115,15 @@ class VLMIRRestorationPipeline(DaCLIPRestorationPipeline):
     def prepare(self, contexts: dict[str, Any]) -> Any:
         """The UNet's context: always precomputed (it carries the padding mask)."""
         return self.unet.prepare_context(contexts["text_context"], contexts["image_context"], contexts["context_mask"])
+
+    def predict_noise(self, x_t: torch.Tensor, lq: torch.Tensor, t: int, contexts: Any, cache: Any = None, *,
+                      tile: int | None = None, tile_overlap: int = 32) -> torch.Tensor:
+        """The noise for the scheduler; with ``prediction="sample"`` converted from the predicted clean image
+        (tiles blend the network's outputs, then the whole state is converted)."""
+        out = super().predict_noise(x_t, lq, t, contexts, cache, tile=tile, tile_overlap=tile_overlap)
+        if self.prediction == "epsilon":
+            return out
+        return self.scheduler.noise_from_sample(lq + out, t, x_t, lq)
 
     def __call__(self, x: torch.Tensor, *, steps: int | None = None, **kwargs: Any) -> torch.Tensor:
         return super().__call__(x, steps=self.default_steps if steps is None else steps, **kwargs)
@@ -160,7 +177,7 @@ def load_vlmir(path: str | Path | None = None, *, device: str = "cpu", **overrid
     aligner = VLMIRAligner.from_pretrained(folder / ALIGNER_DIR, device=device)
     unet = ConditionalUNet.from_pretrained(folder / UNET_DIR).to(device)
     scheduler = IRSDEScheduler(**cfg.get("scheduler", {}))
-    settings = {k: cfg[k] for k in ("context_mode", "use_captions", "default_steps", "mode") if k in cfg}
+    settings = {k: cfg[k] for k in ("context_mode", "use_captions", "default_steps", "mode", "prediction") if k in cfg}
     settings.update(overrides)
     if isinstance(settings.get("captioner"), (str, Path)):
         settings["captioner"] = ModelCaptioner(str(settings["captioner"]), device=device)

@@ -159,6 +159,21 @@ class IRSDEScheduler:
         a = torch.exp(self._at(self.thetas_cumsum, t, sample) * self._dt(sample))
         return (sample - mu - self._at(self.sigma_bars, t, sample) * model_output) * a + mu
 
+    def noise_from_sample(self, x0: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor,
+                          mu: torch.Tensor) -> torch.Tensor:
+        """The noise ``eps`` for which :meth:`pred_original_sample` gives ``x0`` (Eq. 3 solved for the noise):
+        ``(x_t - mu - (x0 - mu) e^{-thetas_cumsum[t] dt}) / sigma_bars[t]``, for networks that predict the clean
+        image. ``t`` is an int (t >= 1) or a tensor (B,) of per-sample timesteps."""
+        if torch.is_tensor(t) and t.ndim > 0:
+            tt = t.long().cpu()
+            shape = (-1,) + (1,) * (sample.ndim - 1)
+            decay = torch.exp(-self.thetas_cumsum[tt] * self.dt).view(shape).to(sample)
+            sb = self.sigma_bars[tt].view(shape).to(sample)
+        else:
+            decay = torch.exp(-self._at(self.thetas_cumsum, int(t), sample) * self._dt(sample))
+            sb = self._at(self.sigma_bars, int(t), sample)
+        return (sample - mu - (x0 - mu) * decay) / sb
+
     def _theta_interval(self, t: int, s: int, like: torch.Tensor) -> torch.Tensor:
         """Integral of theta from s to t; exactly ``thetas[t]`` for consecutive steps (as the original)."""
         if s == t - 1:

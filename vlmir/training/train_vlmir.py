@@ -14,7 +14,10 @@ inference on a user's photo, where no captioning model names it.
 Stage 2 (:func:`train_restorer`): the stage-1 folder (``aligner``) is loaded, its adapters merged and frozen; a
 :class:`~vlmir.models.irsde_unet.ConditionalUNet` with ``context_dim`` = the aligner's width learns the IR-SDE noise
 of ``x_t = mu + (x_0 - mu) e^{-theta_bar_t} + sigma_bar_t n`` (``mu`` the LQ crop, ``x_0`` the HQ crop, t uniform in
-1..T): ``L = |eps_hat - n|_1`` (IR-SDE's matching of x_{t-1} is this loss weighted per t) with the conditioning of
+1..T): ``L = |eps_hat - n|_1`` (IR-SDE's matching of x_{t-1} is this loss weighted per t), or with
+``prediction: "sample"`` the UNet predicts the clean image as a residual on the LQ crop, ``L = |mu + u - x_0|_1``
+(its last layer zero-initialised, so the sampler starts as the identity: the lite run's choice on a CPU budget,
+where a noise predictor trained for minutes returns noise), with the conditioning of
 :meth:`VLMIRAligner.context` (``context_mode``, ``use_captions`` in the config). The aligner sees the whole crop, the
 UNet a centred ``restore_crop`` of it. ``final/`` holds ``pipeline.json``, ``aligner/`` and ``unet/``: the folder
 :func:`vlmir.pipelines.vlmir.load_vlmir` reads.
@@ -178,8 +181,10 @@ def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
 # ---------------------------------------------------------------------------------------------------------------
 def restorer_loss(unet: torch.nn.Module, aligner: Any, scheduler: Any, batch: dict, captions: list[str] | None, *,
                   context_mode: str = "multi", use_captions: bool = True, crop: int | None = None,
+                  prediction: str = "epsilon",
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch's IR-SDE loss (module docstring); the aligner is frozen and sees the whole crop."""
+    """One batch's IR-SDE loss (module docstring); the aligner is frozen and sees the whole crop.
+    ``prediction="epsilon"``: ``|eps_hat - n|_1``; ``"sample"``: ``|mu + unet(...) - x_0|_1``."""
     lq, hq = batch["lq"], batch["clean"]
     with torch.no_grad():
         ctx = aligner.context(lq, captions, mode=context_mode, use_captions=use_captions)
@@ -192,7 +197,10 @@ def restorer_loss(unet: torch.nn.Module, aligner: Any, scheduler: Any, batch: di
     x_t = scheduler.add_noise(hq, noise, t, mu=lq)
     eps = unet(x_t, lq, t.to(lq.device), context=unet.prepare_context(ctx["text_context"], ctx["image_context"],
                                                                         ctx["context_mask"]))
-    loss = F.l1_loss(eps, noise)
+    if prediction == "sample":
+        loss = F.l1_loss(lq + eps, hq)
+    else:
+        loss = F.l1_loss(eps, noise)
     logs = {"loss": loss.item()}
     return loss, logs
 
@@ -239,6 +247,14 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
     scheduler = IRSDEScheduler(**scheduler_cfg)
     sampler = _sampler(cfg, aligner.image_size, seed + 2000)
     crop = cfg.get("restore_crop")
+    from vlmir.pipelines.vlmir import PREDICTIONS
+
+    prediction = str(cfg.get("prediction", "epsilon"))
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    if prediction == "sample":  # start at the identity: x0_hat = mu (a resume then loads its checkpoint)
+        torch.nn.init.zeros_(model.unet.final_conv.weight)
+        torch.nn.init.zeros_(model.unet.final_conv.bias)
     drop = float(cfg.get("caption_drop_scene", 0.5))
     log.info(f"stage 2: context {context_mode}, captions {use_captions}, unet {unet_cfg}, "
              f"{sum(p.numel() for p in model.parameters())} parameters")
@@ -246,7 +262,7 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
     def loss_fn(m: Any, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         lq_caps = pair_captions(batch, drop_scene=drop, rng=_step_rng(seed, step))[0] if use_captions else None
         return restorer_loss(m.unet, aligner, scheduler, batch, lq_caps, context_mode=context_mode,
-                             use_captions=use_captions, crop=crop)
+                             use_captions=use_captions, crop=crop, prediction=prediction)
 
     groups = [{"params": list(model.parameters()), "lr": float(cfg.get("lr", 1e-3))}]
     logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, model, groups, sampler, loss_fn,
@@ -255,7 +271,8 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
         unet = acc.unwrap_model(model).unet.eval()
         pipeline = {"name": str(cfg.get("name", "vlmir")), "context_mode": context_mode, "use_captions": use_captions,
                     "scheduler": scheduler_cfg, "default_steps": cfg.get("default_steps"),
-                    "mode": str(cfg.get("mode", "posterior")), "captions": cfg.get("captions", "metadata")}
+                    "mode": str(cfg.get("mode", "posterior")), "captions": cfg.get("captions", "metadata"),
+                    "prediction": prediction}
         for dst in [out_dir / "final"] + ([Path(export)] if export else []):
             dst.mkdir(parents=True, exist_ok=True)
             if (dst / ALIGNER_DIR).exists():
