@@ -9,7 +9,8 @@ Variants (``variants`` in the config; each a set of overrides of the stage-1 and
 - ``w/o captions``: the multi-token context without the caption's tokens.
 
 Settings (``settings``): ``universal`` trains and tests on every type; a degradation-specific setting
-(``{"type": "noisy"}``) trains stage 2 on that type alone and tests on it. Variants with the same stage-1 config
+(``{"type": "noisy"}``) trains stage 2 on that type alone and tests on it; ``restorer_steps`` in a setting
+overrides the stage-2 budget of its runs. Variants with the same stage-1 config
 share one stage-1 run; every run is resumable, so an interrupted ablation picks up where it stopped.
 
 Evaluation: the report split of :mod:`vlmir.training.photos` (no choice is made on it), degraded by the
@@ -76,6 +77,7 @@ def plan(config: dict[str, Any], out: Path) -> list[dict[str, Any]]:
             r = merge(restorer, over.get("restorer", {}))
             if sopts.get("type"):
                 r = specific_data(r, sopts["type"])
+            r["steps"] = int(sopts.get("restorer_steps", r["steps"]))
             r["aligner"] = str(a_dir / "final")
             runs.append({"setting": setting, "type": sopts.get("type"), "variant": variant, "align": a,
                          "align_dir": a_dir, "restorer": r, "restorer_dir": out / setting / "runs" / _key(r)})

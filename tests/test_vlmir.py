@@ -479,3 +479,15 @@ def test_sample_prediction_starts_at_the_identity(tiny_vlmir, tmp_path):
     assert (pipe.restore(x, steps=5, seed=1) - x).abs().max().item() <= 1e-4  # x0_hat = mu: the input comes back
     with pytest.raises(ValueError, match="prediction"):
         train_restorer({**cfg, "prediction": "velocity"}, tmp_path / "bad", progress=False)
+
+
+def test_ablation_setting_overrides_its_stage_two_budget(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.vlmir_ablation import plan
+
+    cfg = json.loads((ROOT / "benchmarks" / "vlmir_ablation.json").read_text())
+    cfg["settings"] = {"universal": {}, "rainy": {"type": "rainy", "restorer_steps": 7}}
+    runs = plan(cfg, tmp_path)
+    steps = {(r["setting"], r["variant"]): r["restorer"]["steps"] for r in runs}
+    assert set(v for (s, _), v in steps.items() if s == "rainy") == {7}
+    assert set(v for (s, _), v in steps.items() if s == "universal") == {cfg["restorer_steps"]}
