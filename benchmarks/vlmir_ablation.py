@@ -128,6 +128,25 @@ def write_results(runs: list[dict[str, Any]], out: Path, *, limit: int | None, s
     return folders
 
 
+def ship_table(scores_csv: Path, name: str) -> Path:
+    """Write one setting's table as ``eval/reference/<name>.csv`` (method, category, one column per metric; the
+    layout of the shipped WResVLM tables), so the app's Metric tables tab lists it."""
+    import pandas as pd
+
+    import eval as ev
+    from eval.reference import REFERENCE_DIR
+
+    table = ev.make_table(pd.read_csv(scores_csv))
+    rows = []
+    for method in table.index:
+        for category in dict.fromkeys(c for c, _ in table.columns):
+            cells = table.loc[method, category]
+            rows.append({"method": method, "category": category, **{m: float(v) for m, v in cells.items()}})
+    path = REFERENCE_DIR / f"{name}.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.4f")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="ablation config (benchmarks/vlmir_ablation.json)")
@@ -135,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N report photos (default: the config's)")
     ap.add_argument("--eval-only", action="store_true", help="no training: score the runs that exist")
     ap.add_argument("--metrics", default="psnr,ssim,lpips")
+    ap.add_argument("--ship", action="store_true",
+                    help="also write each setting's table to eval/reference/vlmir_ablation_<setting>.csv")
     args = ap.parse_args(argv)
     import eval as ev
 
@@ -154,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {setting}\n")
         print((out / setting / "table.md").read_text())
         del scores
+        if args.ship:
+            print(f"shipped {ship_table(out / setting / 'scores.csv', f'vlmir_ablation_{setting}')}")
     (out / "plan.json").write_text(json.dumps([{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()}
                                                for r in runs], indent=1))
     return 0

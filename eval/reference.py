@@ -22,6 +22,9 @@ DESCRIPTIONS = {
     "wresvlm_table1": "WResVLM Table 1: NIMA / MUSIQ / CLIP-IQA on real-world Rain / Haze / Snow",
     "wresvlm_table2": "WResVLM Table 2: LIQE / Q-Align / VLM-Vis on real-world Rain / Haze / Snow",
     "wresvlm_ablation": "WResVLM ablation: MUSIQ / CLIP-IQA / VLM-Vis (Overall) per training component",
+    # ours, not published: written by benchmarks/vlmir_ablation.py --ship (lite runs, see its model card)
+    "vlmir_ablation_universal": "VLMIR lite ablation (ours), all types: PSNR / SSIM on the report split",
+    "vlmir_ablation_noisy": "VLMIR lite ablation (ours), noisy only: PSNR / SSIM on the report split",
 }
 
 _ID_COLUMNS = ("method", "category")
