@@ -431,16 +431,18 @@ class VLMIRAligner(nn.Module):
 
     # -- stage 2 context --------------------------------------------------------------------------------------
     def context(self, lq: torch.Tensor, captions: Sequence[str] | None = None, *, mode: str = "multi",
-                use_captions: bool = True) -> dict[str, torch.Tensor | None]:
+                use_captions: bool = True, features: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor | None]:
         """The conditioning of the stage-2 UNet for LQ images ``lq`` (B, 3, H, W).
 
         Returns ``text_context`` (B, D) (e_d for the prompt path, None without a predictor), ``image_context``
         (B, M, D) tokens and ``context_mask`` (B, M): ``[e_c, e_d, caption tokens]`` (``mode="multi"``; e_d only
         with a predictor, caption tokens only with ``use_captions`` and ``captions``), or ``[e_c]`` (``"single"``).
+        ``features``: this model's output for ``lq`` when already computed (``forward``).
         """
         if mode not in CONTEXT_MODES:
             raise ValueError(f"mode must be one of {CONTEXT_MODES}, got {mode!r}")
-        out = self(lq)
+        out = self(lq) if features is None else features
         e_c, e_d = out["content"], out.get("degradation")
         b = lq.shape[0]
         tokens = [e_c[:, None]]

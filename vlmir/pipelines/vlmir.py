@@ -81,36 +81,43 @@ class VLMIRRestorationPipeline(DaCLIPRestorationPipeline):
         self.last_caption: str | None = None
 
     @torch.no_grad()
-    def predicted_type(self, x: torch.Tensor) -> dict[str, float]:
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 1's embeddings of one image (``VLMIRAligner.forward``), on the aligner's device."""
+        dev = next(self.aligner.parameters()).device
+        return self.aligner(x.to(dev, torch.float32))
+
+    @torch.no_grad()
+    def predicted_type(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """Degradation probabilities from the predictor: softmax of ``s cos(e_d, names)``."""
         if self.aligner.predictor is None:
             raise ValueError("this VLMIR model has no degradation predictor, so it cannot classify")
-        dev = next(self.aligner.parameters()).device
-        e_d = self.aligner(x.to(dev, torch.float32))["degradation"]
+        e_d = (self.features(x) if features is None else features)["degradation"]
         p = self.aligner.degradation_logits(e_d).softmax(-1)[0].tolist()
         return dict(zip(self.aligner.degradation_names, p, strict=True))
 
-    def caption(self, x: torch.Tensor) -> tuple[str, str]:
+    def caption(self, x: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> tuple[str, str]:
         """``(caption, captioner name)`` of the LQ image."""
         if self.captioner is not None:
             return str(self.captioner(x)), str(getattr(self.captioner, "name", type(self.captioner).__name__))
         if self.aligner.predictor is None:
             return metadata_caption(None), METADATA_CAPTIONER
-        probs = self.predicted_type(x)
+        probs = self.predicted_type(x, features)
         label = max(probs, key=probs.get)
         return metadata_caption(None, [] if label == "clear" else [label]), METADATA_CAPTIONER
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, Any]:
-        """Stage 1's context of one LQ image (see :meth:`VLMIRAligner.context`)."""
+        """Stage 1's context of one LQ image (see :meth:`VLMIRAligner.context`); the towers run once."""
         dev = next(self.aligner.parameters()).device
+        x = x.to(dev, torch.float32)
+        feats = self.features(x)
         captions = None
         if self.use_captions:
-            caption, _ = self.caption(x)
+            caption, _ = self.caption(x, feats)
             self.last_caption = caption
             captions = [caption]
-        return self.aligner.context(x.to(dev, torch.float32), captions, mode=self.context_mode,
-                                    use_captions=self.use_captions)
+        return self.aligner.context(x, captions, mode=self.context_mode, use_captions=self.use_captions,
+                                    features=feats)
 
     def prepare(self, contexts: dict[str, Any]) -> Any:
         """The UNet's context: always precomputed (it carries the padding mask)."""
