@@ -1,6 +1,7 @@
-"""``python -m vlmir train <encoder|restorer|rater> --config FILE [--out DIR] [--resume] [--export DIR]``.
+"""``python -m vlmir train <encoder|restorer|rater|wresvlm> --config FILE [--out DIR] [--resume] [--export DIR]``.
 
-Trains one of the embedded default models from a JSON/YAML config (``vlmir/training/configs/*.json`` are the
+Trains one of the embedded default models (or, with ``wresvlm``, a restorer by WResVLM's semi-supervised
+method, :mod:`vlmir.training.wresvlm`) from a JSON/YAML config (``vlmir/training/configs/*.json`` are the
 configs of the shipped weights). ``--out`` holds the log, ``checkpoint.pt`` (resumable with ``--resume``) and the
 final weights in ``final/``; ``--export`` also writes the final weights (``model.safetensors``, ``config.json``,
 ``train_config.json``, ``metrics.json``) to a folder such as ``assets/weights/embedded-encoder``.
@@ -14,7 +15,7 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train an embedded default model (encoder, restorer, rater)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=("encoder", "restorer", "rater"), help="which model to train")
+    p.add_argument("kind", choices=("encoder", "restorer", "rater", "wresvlm"), help="which model to train")
     p.add_argument("--config", required=True, help="training config (.json/.yaml)")
     p.add_argument("--out", default=None, help="run folder (default runs/<kind>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
@@ -39,6 +40,8 @@ def _run(args: argparse.Namespace) -> int:
         from vlmir.training.train_encoder import train
     elif args.kind == "restorer":
         from vlmir.training.train_restorer import train
+    elif args.kind == "wresvlm":
+        from vlmir.training.wresvlm import train
     else:
         from vlmir.training.train_rater import train
     train(cfg, out, resume=args.resume, export=args.export, progress=not args.no_progress)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("encoder", "restorer", "rater")
+KINDS = ("encoder", "restorer", "rater", "wresvlm")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
