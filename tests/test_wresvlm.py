@@ -333,3 +333,28 @@ def test_unlabelled_folder_errors(tmp_path):
         W.list_images(tmp_path / "empty")
     x = W.fit_image(torch.rand(1, 3, 100, 150), 60, 8)
     assert x.shape == (1, 3, 56, 88)
+
+
+def test_train_command_with_a_transformers_vlm_rater(tiny_parts, tmp_path):
+    """``python -m vlmir train wresvlm``: a (tiny, random) transformers LLaVA rates and describes the unlabelled
+    images; its descriptions are d_neg and their rule-based rewrites d_pos."""
+    from vlmir.commands import main
+    from vlmir.vlm.tiny import save_tiny_llava
+    from vlmir.vlm.weather import remove_weather
+
+    root, _ = tiny_parts
+    llava = save_tiny_llava(tmp_path / "llava")
+    cfg = _cfg(root, rounds=1, steps_per_round=1, rater=str(llava), init_restorers=["classical"],
+               weights={"feat": 0.0})
+    (tmp_path / "w.json").write_text(json.dumps(cfg))
+    assert main(["train", "wresvlm", "--config", str(tmp_path / "w.json"), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    store = PseudoLabelStore(tmp_path / "run" / "pseudo_labels")
+    assert len(store) == 4
+    for key in store:
+        e = store.entry(key)
+        assert e["origin"] == "classical" and 1 <= e["score"] <= 5
+        assert not e["d_neg"].startswith("A photo that looks") and e["d_pos"] == remove_weather(e["d_neg"])
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert main(["train", "wresvlm", "--config", str(tmp_path / "w.json"), "--out", str(tmp_path / "run"),
+                 "--steps", "-1"]) == 1
