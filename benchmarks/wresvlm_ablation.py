@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default all)")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--ship", action="store_true", help="copy the full variant's weights and the report to "
+                    "assets/weights/wresvlm-lite (its MODEL_CARD.md is kept)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -169,13 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         cmp = ev.compare(out / "eval", "wresvlm_table2", label="(ours, lite)")
         write_comparison(cmp, out / "compare_table2")
         lines += ["## Beside WResVLM Table 2 (VLM-Vis per category; ours: embedded rater, engine weather)", "",
-                  (out / "compare_table2" / "table.md").read_text() if (out / "compare_table2" / "table.md").is_file()
-                  else _markdown(cmp.reset_index()), ""]
+                  (out / "compare_table2" / "compare.md").read_text() if (out / "compare_table2" / "compare.md").is_file()
+                  else _markdown(cmp.round(3).reset_index()), ""]
     except (ValueError, OSError) as e:
         lines += [f"Table 2 comparison not made: {e}", ""]
     lines += ["Table 1 (NIMA / MUSIQ / CLIP-IQA) has no column we can compute here: their weights are not on this "
               "machine, so our rows there are empty.", ""]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    full = out / "runs" / VARIANTS[-1][0] / "final"
+    if args.ship and full.is_dir():
+        from vlmir.models.embedded import WRESVLM_DIR
+        from vlmir.training.common import copy_export
+
+        copy_export(full, WRESVLM_DIR)
+        (WRESVLM_DIR / "lite_run_report.md").write_text("\n".join(lines) + "\n")
+        print(f"shipped {full} to {WRESVLM_DIR}")
     print("\n".join(lines))
     shutil.copy2(out / "eval" / "table.md", out / "eval_table.md") if (out / "eval" / "table.md").is_file() else None
     return 0

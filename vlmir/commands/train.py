@@ -13,7 +13,7 @@ import argparse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train an embedded default model (encoder, restorer, rater)",
+    p = subparsers.add_parser("train", help="train an embedded default model (encoder, restorer, rater) or a WResVLM restorer (wresvlm)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=("encoder", "restorer", "rater", "wresvlm"), help="which model to train")
     p.add_argument("--config", required=True, help="training config (.json/.yaml)")
