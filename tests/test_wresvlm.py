@@ -287,6 +287,13 @@ def test_two_round_tiny_run_and_exact_resume(tiny_parts, tmp_path, monkeypatch):
         assert e["d_neg"].startswith("A photo that looks") and "d_pos" in e
     final = load_file(str(tmp_path / "a" / "final" / "model.safetensors"))
     assert json.loads((tmp_path / "a" / "final" / "config.json").read_text())["training"] == "wresvlm"
+    from vlmir.models.embedded import build_wresvlm_lite
+
+    exported = build_wresvlm_lite(path=tmp_path / "a" / "final", encoder_path=root / "enc")  # the registry builder
+    x = torch.rand(1, 3, 70, 90)
+    assert exported.restore(x).shape == x.shape and exported.name == "wresvlm-lite"
+    with pytest.raises(FileNotFoundError, match="weights not found"):
+        build_wresvlm_lite(path=tmp_path / "nothing", encoder_path=root / "enc")
 
     # killed in the middle of round 2, then resumed: the same teacher, bit for bit
     calls = {"n": 0}
@@ -323,6 +330,18 @@ def test_loss_terms_switch_off_and_refresh_off(tiny_parts, tmp_path):
         W.train(_cfg(root, weights={"depth": 1.0}), tmp_path / "d", progress=False, rater=rater)
     with pytest.raises(ValueError, match="unknown keys"):
         W.train(_cfg(root, stepz=3), tmp_path / "d", progress=False, rater=rater)
+
+
+def test_wresvlm_lite_is_a_registry_restorer_that_is_never_random():
+    from vlmir.models.embedded import WRESVLM_DIR
+    from vlmir.registry import get_spec, list_models
+
+    assert "wresvlm-lite" in list_models(task="restorer")
+    ok, why = get_spec("wresvlm-lite").availability()
+    shipped = (WRESVLM_DIR / "model.safetensors").is_file()
+    assert ok == shipped
+    if not shipped:
+        assert "python -m vlmir train wresvlm" in why
 
 
 def test_unlabelled_folder_errors(tmp_path):
