@@ -9,7 +9,8 @@ Resumable: a variant whose ``final/`` exists is not trained again; a killed vari
    clean images are kept in ``OUT/report/GT`` only for PSNR/SSIM, which WResVLM's real-world tables do not have.
 2. Variants, all from the same student (the embedded restorer), the same labelled sampler and the same initial
    pseudo-labels (the first variant's store, copied): ``L_sup``; ``+L_ps``; ``+L_wpl``; ``+L_sem``; ``+L_feat``
-   (without refresh); ``+iter`` (all terms, pseudo-labels refreshed by the teacher between rounds: the full method).
+   (without refresh); ``+iter`` (all terms, pseudo-labels refreshed by the teacher between rounds: the full method);
+   ``+iter@s=1``, the full method with the slides' softmax over plain cosines (``clip_scale: 1.0``).
 3. Each variant's EMA teacher restores the report split (``OUT/report/<variant>/...``), beside ``Input``, the
    initial student ``embedded`` and ``classical``; ``eval.run`` scores VLM-Vis (embedded rater), the weight-free
    no-reference metrics PIQE and entropy, and PSNR/SSIM against ``GT``.
@@ -28,20 +29,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ALL_OFF = {"ps": 0.0, "wpl": 0.0, "sem": 0.0, "feat": 0.0}
-# (name, weights overriding the config's, refresh): the rows of the ablation, in order
+# (name, weights overriding the config's, refresh, other config overrides): the rows of the ablation, in order;
+# the last is the full method with the slides' literal softmax over plain cosines (no temperature, s = 1)
 VARIANTS = (
-    ("L_sup", ALL_OFF, False),
-    ("L_sup+L_ps", {"wpl": 0.0, "sem": 0.0, "feat": 0.0}, False),
-    ("L_sup+L_ps+L_wpl", {"sem": 0.0, "feat": 0.0}, False),
-    ("L_sup+L_ps+L_wpl+L_sem", {"feat": 0.0}, False),
-    ("L_sup+L_ps+L_wpl+L_sem+L_feat", {}, False),
-    ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter", {}, True),
+    ("L_sup", ALL_OFF, False, {}),
+    ("L_sup+L_ps", {"wpl": 0.0, "sem": 0.0, "feat": 0.0}, False, {}),
+    ("L_sup+L_ps+L_wpl", {"sem": 0.0, "feat": 0.0}, False, {}),
+    ("L_sup+L_ps+L_wpl+L_sem", {"feat": 0.0}, False, {}),
+    ("L_sup+L_ps+L_wpl+L_sem+L_feat", {}, False, {}),
+    ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter", {}, True, {}),
+    ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter@s=1", {}, True, {"clip_scale": 1.0}),
+    ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter@3x80", {}, True, {"rounds": 3, "steps_per_round": 80}),
 )
 METRICS = "vlm_vis,piqe,entropy,psnr,ssim"
 
 
 def _flags(name: str) -> dict[str, int]:
-    parts = set(name.split("+"))
+    parts = set(name.split("@")[0].split("+"))
     return {k: int(k in parts) for k in ("L_sup", "L_ps", "L_wpl", "L_sem", "L_feat", "iter")}
 
 
@@ -61,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default all)")
     ap.add_argument("--no-eval", action="store_true")
-    ap.add_argument("--ship", action="store_true", help="copy the full variant's weights and the report to "
-                    "assets/weights/wresvlm-lite (its MODEL_CARD.md is kept)")
+    ap.add_argument("--ship", default=None, metavar="VARIANT", help="copy this variant's weights and the report "
+                    "to assets/weights/wresvlm-lite (its MODEL_CARD.md is kept)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = [v for v in VARIANTS if args.only is None or v[0] in args.only.split(",")]
     first_store = out / "runs" / VARIANTS[0][0] / "pseudo_labels"
-    for name, weights, refresh in chosen:
+    for name, weights, refresh, overrides in chosen:
         run_dir = out / "runs" / name
         if (run_dir / "final" / "model.safetensors").is_file():
             continue
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["weights"] = {**base.get("weights", {}), **weights}
         cfg["refresh"] = refresh
         cfg["name"] = name
+        cfg.update(overrides)
         if name != VARIANTS[0][0] and (first_store / "index.json").is_file():
             cfg["pseudo_labels_from"] = str(first_store)
         train(cfg, run_dir, resume=True, progress=False)
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     # restorations of the report split
     inputs = sorted((report / "Input").rglob("*.png"))
     methods = {"embedded": create_model("embedded", task="restorer"), "classical": create_model("classical", task="restorer")}
-    for name, _, _ in VARIANTS:
+    for name, *_ in VARIANTS:
         final = out / "runs" / name / "final"
         if final.is_dir():
             methods[name] = build_restorer(path=final)
@@ -131,22 +136,26 @@ def main(argv: list[str] | None = None) -> int:
                for m in table.index}
 
     lines = ["# WResVLM lite run (CPU) and ablation", "",
-             f"Config `{args.config}`, {base['rounds']} rounds x {base['steps_per_round']} steps, batch "
+             f"Config `{args.config}`, {base['rounds']} rounds x {base['steps_per_round']} steps (the `@3x80` variant: 3 "
+             f"rounds x 80; `@s=1`: softmax over plain cosines, `clip_scale: 1.0`), batch "
              f"{base.get('batch_size', 4)} labelled + {base.get('unlabelled_batch_size', 4)} unlabelled crops, one CPU "
              "thread. Student: the embedded restorer; frozen CLIP: the embedded encoder (degradation embedding, our "
              "own small model, not OpenAI CLIP); L_feat: the embedded encoder's content-tower features (no Depth "
              "Anything weights offline); rater: the embedded rater (not LLaVA); IQA votes: none (MUSIQ, CLIP-IQA, "
              "Q-Align weights absent). Splits: engine images (rain, haze, snow, mixtures), so 'real' is simulated.",
-             "", "## Mean r^vlm of the EMA teacher's outputs on the unlabelled set, per round", "",
-             "| variant | " + " | ".join(f"round {i}" for i in range(base["rounds"] + 1)) + " | pseudo-labels replaced |",
-             "|---|" + "---|" * (base["rounds"] + 2)]
-    for name, _, _ in VARIANTS:
+             "", "## Mean r^vlm of the EMA teacher's outputs on the unlabelled set, per round", ""]
+    history = {}
+    for name, *_ in VARIANTS:
         path = out / "runs" / name / "rounds.jsonl"
-        if not path.is_file():
-            continue
-        recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        lines.append(f"| {name} | " + " | ".join(f"{r['mean_r_vlm_teacher']:.4f}" for r in recs)
-                     + f" | {sum(r['replaced'] for r in recs)} |")
+        if path.is_file():
+            history[name] = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    n = max((len(r) for r in history.values()), default=1)
+    lines += ["| variant | " + " | ".join(f"round {i}" for i in range(n)) + " | pseudo-labels replaced | mean r^vlm of "
+              "the pseudo-labels at the end |", "|---|" + "---|" * (n + 2)]
+    for name, recs in history.items():
+        cells = [f"{r['mean_r_vlm_teacher']:.4f}" for r in recs] + [""] * (n - len(recs))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['replaced'] for r in recs)} | "
+                     f"{recs[-1]['mean_r_vlm_pseudo']:.4f} |")
     lines += ["", "## Ablation on the report split (Overall; VLM-Vis with the embedded rater)", "",
               "| method | L_sup | L_ps | L_wpl | L_sem | L_feat | iter | VLM-Vis ↑ | PIQE ↓ | entropy ↑ | PSNR ↑ | SSIM ↑ |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -178,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["Table 1 (NIMA / MUSIQ / CLIP-IQA) has no column we can compute here: their weights are not on this "
               "machine, so our rows there are empty.", ""]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
-    full = out / "runs" / VARIANTS[-1][0] / "final"
-    if args.ship and full.is_dir():
+    full = out / "runs" / str(args.ship) / "final"
+    if args.ship and not full.is_dir():
+        raise FileNotFoundError(f"--ship {args.ship}: {full} does not exist")
+    if args.ship:
         from vlmir.models.embedded import WRESVLM_DIR
         from vlmir.training.common import copy_export
 
