@@ -311,6 +311,8 @@ def test_two_round_tiny_run_and_exact_resume(tiny_parts, tmp_path, monkeypatch):
     monkeypatch.setattr(W, "ema_update", real)
     W.train(_cfg(root), tmp_path / "b", resume=True, progress=False, rater=rater, restorers=cands)
     assert "at step 2" in (tmp_path / "b" / "train.log").read_text()  # resumed, not restarted
+    with pytest.raises(ValueError, match="already holds pseudo-labels"):  # a fresh run never reuses them silently
+        W.train(_cfg(root), tmp_path / "b", progress=False, rater=rater, restorers=cands)
     resumed = load_file(str(tmp_path / "b" / "final" / "model.safetensors"))
     assert final.keys() == resumed.keys()
     assert all(torch.equal(final[k], resumed[k]) for k in final)

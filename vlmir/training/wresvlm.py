@@ -824,6 +824,9 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
 
     # the pseudo-label store: initialised once (resumable), shared by the processes through the disk
     store_dir = out_dir / "pseudo_labels"
+    if not resume and (store_dir / "index.json").is_file():
+        raise ValueError(f"{store_dir} already holds pseudo-labels of an earlier run; continue it with --resume "
+                         f"(resume=True) or give a new --out")
     if acc.is_main_process:
         if cfg.get("pseudo_labels_from") and not (store_dir / "index.json").is_file():
             shutil.copytree(cfg["pseudo_labels_from"], store_dir, dirs_exist_ok=True)
