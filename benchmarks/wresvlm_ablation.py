@@ -10,7 +10,9 @@ Resumable: a variant whose ``final/`` exists is not trained again; a killed vari
 2. Variants, all from the same student (the embedded restorer), the same labelled sampler and the same initial
    pseudo-labels (the first variant's store, copied): ``L_sup``; ``+L_ps``; ``+L_wpl``; ``+L_sem``; ``+L_feat``
    (without refresh); ``+iter`` (all terms, pseudo-labels refreshed by the teacher between rounds: the full method);
-   ``+iter@s=1``, the full method with the slides' softmax over plain cosines (``clip_scale: 1.0``).
+   ``+iter@s=1``, the full method with the slides' softmax over plain cosines (``clip_scale: 1.0``); ``@3x80``, the
+   full method for 3 rounds x 80 steps (the shipped ``wresvlm-lite``); ``L_sup+L_ps@no-r_vlm``, pseudo-labels from
+   the embedded restorer alone (no choice by r^vlm: the paper's row without r_vlm).
 3. Each variant's EMA teacher restores the report split (``OUT/report/<variant>/...``), beside ``Input``, the
    initial student ``embedded`` and ``classical``; ``eval.run`` scores VLM-Vis (embedded rater), the weight-free
    no-reference metrics PIQE and entropy, and PSNR/SSIM against ``GT``.
@@ -40,13 +42,22 @@ VARIANTS = (
     ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter", {}, True, {}),
     ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter@s=1", {}, True, {"clip_scale": 1.0}),
     ("L_sup+L_ps+L_wpl+L_sem+L_feat+iter@3x80", {}, True, {"rounds": 3, "steps_per_round": 80}),
+    # the paper's "L_ps without r_vlm": pseudo-labels from one restorer (the student's start), no choice by rating
+    ("L_sup+L_ps@no-r_vlm", {"wpl": 0.0, "sem": 0.0, "feat": 0.0}, False, {"init_restorers": ["embedded"]}),
 )
 METRICS = "vlm_vis,piqe,entropy,psnr,ssim"
 
 
+FLAGS = ("L_sup", "L_ps", "r_vlm", "L_wpl", "L_sem", "L_feat", "iter")
+
+
 def _flags(name: str) -> dict[str, int]:
+    """The ablation flags of a variant name; r_vlm: pseudo-labels chosen by rating (all with L_ps but
+    ``@no-r_vlm``)."""
     parts = set(name.split("@")[0].split("+"))
-    return {k: int(k in parts) for k in ("L_sup", "L_ps", "L_wpl", "L_sem", "L_feat", "iter")}
+    if "L_ps" in parts and "@no-r_vlm" not in name:
+        parts.add("r_vlm")
+    return {k: int(k in parts) for k in FLAGS}
 
 
 def _markdown(df) -> str:
@@ -110,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["refresh"] = refresh
         cfg["name"] = name
         cfg.update(overrides)
-        if name != VARIANTS[0][0] and (first_store / "index.json").is_file():
+        if name != VARIANTS[0][0] and "init_restorers" not in overrides and (first_store / "index.json").is_file():
             cfg["pseudo_labels_from"] = str(first_store)
         train(cfg, run_dir, resume=True, progress=False)
 
@@ -157,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['replaced'] for r in recs)} | "
                      f"{recs[-1]['mean_r_vlm_pseudo']:.4f} |")
     lines += ["", "## Ablation on the report split (Overall; VLM-Vis with the embedded rater)", "",
-              "| method | L_sup | L_ps | L_wpl | L_sem | L_feat | iter | VLM-Vis ↑ | PIQE ↓ | entropy ↑ | PSNR ↑ | SSIM ↑ |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| method | " + " | ".join(FLAGS) + " | VLM-Vis ↑ | PIQE ↓ | entropy ↑ | PSNR ↑ | SSIM ↑ |",
+              "|---|" + "---|" * (len(FLAGS) + 5)]
     rows = []
     for m in ["Input", "classical", "embedded"] + [v[0] for v in VARIANTS]:
         if m not in overall:
             continue
-        f = _flags(m) if m.startswith("L_sup") else dict.fromkeys(("L_sup", "L_ps", "L_wpl", "L_sem", "L_feat", "iter"), "")
+        f = _flags(m) if m.startswith("L_sup") else dict.fromkeys(FLAGS, "")
         o = overall[m]
         rows.append({"method": m, "category": "Overall", **f, **o})
         cells = [("✓" if f[k] == 1 else "") for k in f]

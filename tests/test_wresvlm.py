@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -379,3 +380,40 @@ def test_train_command_with_a_transformers_vlm_rater(tiny_parts, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert main(["train", "wresvlm", "--config", str(tmp_path / "w.json"), "--out", str(tmp_path / "run"),
                  "--steps", "-1"]) == 1
+
+
+def test_losses_on_a_tiny_clip_match_a_hand_computation():
+    """L_wpl and L_sem through the tiny embedded CLIP's towers, against the formulas written out with numpy."""
+    from vlmir.models.encoder import DegradationAwareEncoder
+
+    torch.manual_seed(3)
+    clip = W.EmbeddedCLIP(DegradationAwareEncoder(**TINY_ENCODER).eval())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        img = clip.encode_image(x).double().numpy()
+    prompts = clip.encode_text(W.PROMPT_TEXTS)
+    texts = clip.encode_text(["A photo that looks clear.", "A photo that looks rainy."])
+    s = float(clip.logit_scale())
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    p = prompts.double().numpy()
+    wpl = np.mean([-np.log(np.exp(s * cos(i, p[0])) / sum(np.exp(s * cos(i, t)) for t in p)) for i in img])
+    pos, neg = texts.double().numpy()
+    sem = np.mean([-np.log(np.exp(s * cos(i, pos)) / (np.exp(s * cos(i, pos)) + np.exp(s * cos(i, neg)))) for i in img])
+    emb = clip.encode_image(x)
+    assert W.wpl_loss(emb, prompts, s).item() == pytest.approx(wpl, rel=1e-4)
+    assert W.sem_loss(emb, texts[:1].expand(2, -1), texts[1:].expand(2, -1), s).item() == pytest.approx(sem, rel=1e-4)
+    feats = W.EncoderFeatures(clip.encoder)
+    g = feats(x)
+    assert g.shape == (2, 128, 4, 4)  # layer3 of the tiny content tower: 16 * vision_width channels, S / 16
+    gh, gr = feats(x.flip(-1)).detach().double().numpy(), g.detach().double().numpy()
+    hand = np.mean([1 - cos(gh[b, :, i, j], gr[b, :, i, j]) for b in range(2) for i in range(4) for j in range(4)])
+    assert W.feat_loss(feats(x.flip(-1)), g).item() == pytest.approx(hand, rel=1e-4)
+
+
+def test_depth_anything_hub_id_offline_names_the_repo(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="LiheYoung/depth-anything-small-hf"):
+        W.DepthFeatures.from_pretrained("LiheYoung/depth-anything-small-hf")
