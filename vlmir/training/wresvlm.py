@@ -34,8 +34,11 @@ Deviations (documented in the report of the lite run too):
 - The prompt embeddings live in the joint embedding space (one learnable vector per class, initialised from the
   text tower's embedding of ``"a clear photo"`` ...), not as context tokens in front of the text tower.
 - Offline, the frozen CLIP is the embedded encoder (our own small DA-CLIP-style model, trained on 11 degradation
-  names only) and descriptions come from its classifier (``"A photo that looks rainy."``); with a transformers
-  VLM rater, descriptions are the VLM's answers to the paper's question.
+  names only; its text tower reads 16 tokens, so a long description is cut there) and descriptions come from its
+  classifier (``"A photo that looks rainy."``); with a transformers VLM rater, descriptions are the VLM's answers
+  to the paper's question.
+- Pseudo-labels are chosen among whole-image restorations; ``L_ps`` and ``L_feat`` use aligned crops of the image
+  and its pseudo-label. The refresh compares the teacher's rating with the stored label's (strictly higher wins).
 
 Data layout (``unlabelled.folder``: any folder of weather photos, searched recursively; labelled pairs come from the
 degradation engine (rain, haze, snow and their mixtures) or from ``labelled.folder`` with ``input/`` and
