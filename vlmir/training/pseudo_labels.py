@@ -73,6 +73,9 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
 class PseudoLabelStore:
     """The pseudo-labels of a run (module docstring). ``PseudoLabelStore(folder)`` opens or creates it.
 
+    ``verify`` checks every label's SHA-256 on opening; ``clean`` removes label files no entry points at (left by a
+    kill); readers beside the writing process pass ``clean=False``.
+
     Example::
 
         >>> store = PseudoLabelStore(tmp / "pseudo")                                     # doctest: +SKIP
@@ -81,7 +84,7 @@ class PseudoLabelStore:
         True
     """
 
-    def __init__(self, folder: str | os.PathLike, *, verify: bool = True) -> None:
+    def __init__(self, folder: str | os.PathLike, *, verify: bool = True, clean: bool = True) -> None:
         self.folder = Path(folder)
         self.labels_dir = self.folder / LABELS
         self.labels_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,8 @@ class PseudoLabelStore:
             if verify:
                 for key in self.entries:
                     self._verify(key)
-        self._remove_orphans()
+        if clean:  # only the one process that writes the store removes files (the others only read it)
+            self._remove_orphans()
 
     # -- reading -------------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -841,7 +841,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         if added:
             log.info(f"pseudo-labels: {added} initialised, mean r^vlm {np.mean(list(store.scores().values())):.3f}")
     acc.wait_for_everyone()
-    store = PseudoLabelStore(store_dir)
+    store = PseudoLabelStore(store_dir, clean=acc.is_main_process)
     missing = sorted(set(data) - set(store.entries))
     if missing:
         raise ValueError(f"pseudo-label store {store_dir} lacks entries for {missing[:5]}")
@@ -915,7 +915,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
             log.info(f"round {r}: mean r^vlm teacher {rec['mean_r_vlm_teacher']:.4f}, pseudo-labels "
                      f"{rec['mean_r_vlm_pseudo']:.4f}, replaced {rec['replaced']}")
         acc.wait_for_everyone()
-        store = PseudoLabelStore(store_dir)
+        store = PseudoLabelStore(store_dir, clean=acc.is_main_process)
         labels = {k: store.image(k).to(dev) for k in data}
 
     if step == 0 and pending is None and 0 not in {x["round"] for x in _read_rounds(rounds_path)}:
