@@ -345,6 +345,16 @@ def test_wresvlm_lite_is_a_registry_restorer_that_is_never_random():
     assert ok == shipped
     if not shipped:
         assert "python -m vlmir train wresvlm" in why
+        return
+    from vlmir.registry import create_model
+
+    cfg = json.loads((WRESVLM_DIR / "config.json").read_text())
+    assert cfg["training"] == "wresvlm" and cfg["prior"] is True
+    r = create_model("wresvlm-lite", task="restorer")
+    x = torch.rand(1, 3, 40, 56)
+    y = r.restore(x, degradation="rainy")
+    assert r.random_weights is False and y.shape == x.shape
+    assert (y - create_model("embedded", task="restorer").restore(x, degradation="rainy")).abs().max() > 1e-4
 
 
 def test_unlabelled_folder_errors(tmp_path):
