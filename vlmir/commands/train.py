@@ -1,9 +1,10 @@
 """``python -m vlmir train <kind> --config FILE [--out DIR] [--resume] [--export DIR]``.
 
-Trains one of the embedded default models (``encoder``, ``restorer``, ``rater``) or a stage of VLMIR
-(``vlmir-align``: LoRA caption alignment and the degradation predictor; ``vlmir-restorer``: the cross-attention
-IR-SDE restorer on a trained stage 1) from a JSON/YAML config (``vlmir/training/configs/*.json`` are the configs of
-the shipped weights). ``--out`` holds the log, ``checkpoint.pt`` (resumable with ``--resume``) and the
+Trains one of the embedded default models (``encoder``, ``restorer``, ``rater``), a restorer by WResVLM's
+semi-supervised method (``wresvlm``, :mod:`vlmir.training.wresvlm`), or a stage of VLMIR (``vlmir-align``: LoRA
+caption alignment and the degradation predictor; ``vlmir-restorer``: the cross-attention IR-SDE restorer on a
+trained stage 1) from a JSON/YAML config (``vlmir/training/configs/*.json`` are the configs of the shipped
+weights). ``--out`` holds the log, ``checkpoint.pt`` (resumable with ``--resume``) and the
 final weights in ``final/``; ``--export`` also writes the final weights (``model.safetensors``, ``config.json``,
 ``train_config.json``, ``metrics.json``) to a folder such as ``assets/weights/embedded-encoder``.
 """
@@ -16,7 +17,7 @@ from vlmir.training.common import KINDS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train an embedded default model or a VLMIR stage",
+    p = subparsers.add_parser("train", help="train an embedded default model, a WResVLM restorer or a VLMIR stage",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS, help="which model to train")
     p.add_argument("--config", required=True, help="training config (.json/.yaml)")
@@ -43,6 +44,8 @@ def _run(args: argparse.Namespace) -> int:
         from vlmir.training.train_encoder import train
     elif args.kind == "restorer":
         from vlmir.training.train_restorer import train
+    elif args.kind == "wresvlm":
+        from vlmir.training.wresvlm import train
     elif args.kind == "vlmir-align":
         from vlmir.training.train_vlmir import train_align as train
     elif args.kind == "vlmir-restorer":

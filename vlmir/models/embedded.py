@@ -12,6 +12,8 @@ Registers (each the default of its task, all offline, all CPU-fast):
   Any size: padded to the network multiple, tiled with overlap and linear blending above ~1 MP (``tile=`` px).
 - ``embedded-rater`` (rater): :class:`~vlmir.models.rater.VisibilityHead` on the encoder's features, WResVLM's
   ``r = sum_i i p_i``; ``assets/weights/embedded-rater``.
+- ``wresvlm-lite`` (restorer): the embedded restorer's network after WResVLM's semi-supervised training
+  (:mod:`vlmir.training.wresvlm`); ``assets/weights/wresvlm-lite``, unavailable (never random) without them.
 
 When a weights file is missing (a fresh checkout before training, or tests), the builders make a random-weight
 model of the default config, warn, and set ``random_weights = True`` so the CLI and app can say so.
@@ -46,6 +48,7 @@ from vlmir.registry import WEIGHTS_DIR, ModelSpec, register
 ENCODER_DIR = WEIGHTS_DIR / "embedded-encoder"
 RESTORER_DIR = WEIGHTS_DIR / "embedded-restorer"
 RATER_DIR = WEIGHTS_DIR / "embedded-rater"
+WRESVLM_DIR = WEIGHTS_DIR / "wresvlm-lite"  # the embedded restorer fine-tuned by WResVLM's method (vlmir.training.wresvlm)
 WEIGHTS_FILE = "model.safetensors"
 
 AUTO_TILE_PIXELS = 1024 * 1024  # images above this many pixels are tiled by default
@@ -379,6 +382,22 @@ def build_restorer(device: str = "cpu", path: str | Path | None = None, encoder_
     return EmbeddedRestorer(enc, net, random_weights=rnd_e or rnd_r, ensemble=DEFAULT_ENSEMBLE)
 
 
+def build_wresvlm_lite(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
+                       **_: Any) -> EmbeddedRestorer:
+    """The ``wresvlm-lite`` restorer: the embedded restorer's network after WResVLM's semi-supervised training
+    (its EMA teacher), on the embedded encoder. Its weights are never replaced by random ones."""
+    enc, rnd_e = load_encoder(encoder_path, device=device)
+    net, _ = load_restorer(path if path is not None else WRESVLM_DIR, allow_random=False, device=device)
+    return EmbeddedRestorer(enc, net, random_weights=rnd_e, name="wresvlm-lite", ensemble=DEFAULT_ENSEMBLE)
+
+
+def _wresvlm_available() -> tuple[bool, str]:
+    if (WRESVLM_DIR / WEIGHTS_FILE).is_file() and (WRESVLM_DIR / "config.json").is_file():
+        return True, ""
+    return False, (f"weights not found in {WRESVLM_DIR} (train them with `python -m vlmir train wresvlm --config "
+                   f"vlmir/training/configs/wresvlm.json --export {WRESVLM_DIR}`)")
+
+
 def build_rater(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
                 **_: Any) -> EmbeddedRater:
     enc, rnd_e = load_encoder(encoder_path, device=device)
@@ -404,6 +423,11 @@ register(ModelSpec("embedded", "restorer", build_restorer, default=True, license
                                "refining the classical method of the predicted type (one pass, CPU-fast)",
                    source="assets:weights/embedded-restorer/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
                    available=_available, extra={"diffusion": False, "degradations": DEGRADATIONS}))
+register(ModelSpec("wresvlm-lite", "restorer", build_wresvlm_lite, license=_LICENSE,
+                   description="the embedded restorer fine-tuned by WResVLM's semi-supervised method on CPU (lite run: "
+                               "embedded rater and encoder as VLM and CLIP, engine weather as real data)",
+                   source="assets:weights/wresvlm-lite/model.safetensors;assets:weights/embedded-encoder/model.safetensors",
+                   available=_wresvlm_available, extra={"diffusion": False, "degradations": DEGRADATIONS}))
 register(ModelSpec("embedded-rater", "rater", build_rater, default=True, license=_LICENSE,
                    description="visibility rater (WResVLM levels, r = sum i p_i) on the embedded encoder's features",
                    source="assets:weights/embedded-rater/model.safetensors;assets:weights/embedded-encoder/model.safetensors",

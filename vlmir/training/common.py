@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("encoder", "restorer", "rater", "vlmir-align", "vlmir-restorer")
+KINDS = ("encoder", "restorer", "rater", "wresvlm", "vlmir-align", "vlmir-restorer")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
