@@ -491,3 +491,26 @@ def test_ablation_setting_overrides_its_stage_two_budget(tmp_path):
     steps = {(r["setting"], r["variant"]): r["restorer"]["steps"] for r in runs}
     assert set(v for (s, _), v in steps.items() if s == "rainy") == {7}
     assert set(v for (s, _), v in steps.items() if s == "universal") == {cfg["restorer_steps"]}
+
+
+def test_make_dataset_captions_with_a_vlm(tmp_path):
+    from PIL import Image
+
+    from vlmir.vlm.tiny import save_tiny_llava
+
+    vlm = save_tiny_llava(tmp_path / "tiny-llava")
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype(np.uint8)).save(src / "cat.png")
+    out = tmp_path / "ds"
+    res = subprocess.run([sys.executable, "-m", "vlmir", "make-dataset", "--src", str(src), "--out", str(out),
+                          "--size", "32", "--caption-vlm", str(vlm)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    m = json.loads((out / "meta.jsonl").read_text().splitlines()[0])
+    assert m["caption_source"] == str(vlm) and isinstance(m["lq_caption"], str) and ":" not in m["lq_caption"]
+    assert len(CaptionCache(out / "captions.jsonl")) == 2  # the HQ and the LQ image
+    bad = subprocess.run([sys.executable, "-m", "vlmir", "make-dataset", "--src", str(src), "--out", str(out),
+                          "--caption-vlm", str(vlm), "--caption-model", str(vlm)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert bad.returncode != 0 and "not both" in bad.stderr

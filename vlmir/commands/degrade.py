@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
     p.add_argument("--size", type=int, default=None, help="resize + centre-crop sources to SIZE x SIZE first")
     p.add_argument("--caption-model", default=None, help="local captioning model folder or hub id (default: none)")
+    p.add_argument("--caption-vlm", default=None,
+                   help="caption with a VLM's scene description instead (vlmir.vlm VisibilityRater.describe): a "
+                        "registry rater name such as llava-1.5-7b, a local folder or a cached hub id")
     p.add_argument("--device", default="cpu", help="torch device for the captioning model (default: cpu)")
     p.add_argument("--max-pixels", type=int, default=None, help="largest accepted source W*H (default: 40 MP)")
     p.set_defaults(func=run_make_dataset)
@@ -70,13 +73,37 @@ def run_degrade(args: argparse.Namespace) -> int:
     return 0
 
 
+class VLMCaptioner:
+    """Captions from a VLM's scene description (:meth:`vlmir.vlm.VisibilityRater.describe`, greedy), for
+    ``make-dataset``: ``captioner(hwc_image) -> str``; ``name`` is the model, as the caption cache records it."""
+
+    def __init__(self, name_or_path: str, *, device: str = "cpu") -> None:
+        from vlmir.vlm.rater import load_rater
+
+        self.rater = load_rater(name_or_path, device=device)
+        if not callable(getattr(self.rater, "describe", None)):
+            raise ValueError(f"rater {name_or_path!r} cannot describe images; give a VLM")
+        self.name = str(name_or_path)
+
+    def __call__(self, image) -> str:
+        from vlmir.degradations.dataset import clean_caption
+        from vlmir.io import from_numpy
+
+        return clean_caption(self.rater.describe(from_numpy(image)))
+
+
 def run_make_dataset(args: argparse.Namespace) -> int:
     from vlmir.degradations import DEGRADATIONS
     from vlmir.degradations.dataset import Captioner, make_dataset, parse_severities
 
     severities = parse_severities(args.severities)
     captioner = None
-    if args.caption_model:
+    if args.caption_model and args.caption_vlm:
+        raise ValueError("give --caption-model or --caption-vlm, not both")
+    if args.caption_vlm:
+        captioner = VLMCaptioner(args.caption_vlm, device=args.device)
+        print(f"captions from the VLM {captioner.name!r}", file=sys.stderr)
+    elif args.caption_model:
         captioner = Captioner(args.caption_model, device=args.device)
         print(f"captions from {args.caption_model!r}", file=sys.stderr)
     else:
