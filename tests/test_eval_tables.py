@@ -64,7 +64,12 @@ def test_ties_are_all_bold():
 
 
 def test_reference_tables_are_the_papers_numbers():
-    assert ev.list_reference_tables() == ["wresvlm_ablation", "wresvlm_table1", "wresvlm_table2"]
+    published = [n for n in ev.list_reference_tables() if n.startswith("wresvlm")]
+    assert published == ["wresvlm_ablation", "wresvlm_table1", "wresvlm_table2"]
+    # the others are ours, written by benchmarks (each named in eval.reference.DESCRIPTIONS)
+    from eval.reference import DESCRIPTIONS
+
+    assert all(n in DESCRIPTIONS for n in ev.list_reference_tables())
     t1 = ev.load_reference("wresvlm_table1").set_index(["method", "category"])
     assert len(t1) == 36 and t1.index.get_level_values(0).nunique() == 9
     assert tuple(t1.loc[("Our method", "Overall")]) == (5.084, 59.34, 0.456)
