@@ -85,14 +85,35 @@ def _batch(sampler: PairSampler, n: int, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
 
 
-def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module, groups: list[dict], sampler: PairSampler,
-          loss_fn: Any, *, resume: bool, progress: bool, log: Any) -> tuple[dict[str, Any], Any, Timer]:
+class _Stage(torch.nn.Module):
+    """What a stage trains, with the loss as its ``forward(batch, step) -> (loss, logs)``, so that distributed
+    wrappers (accelerate / DDP) see the forward pass and synchronise the gradients. The trained module is
+    ``self.<name>`` (``unet`` for stage 2, ``aligner`` for stage 1), which fixes the checkpoints' key prefix."""
+
+    def __init__(self, name: str, module: torch.nn.Module, loss_fn: Any) -> None:
+        super().__init__()
+        self.add_module(name, module)
+        self._name = name
+        self._loss_fn = loss_fn
+
+    @property
+    def inner(self) -> torch.nn.Module:
+        return getattr(self, self._name)
+
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self._loss_fn(self.inner, batch, step)
+
+
+def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: _Stage, groups: list[dict], make_sampler: Any, *,
+          resume: bool, progress: bool, log: Any) -> tuple[dict[str, Any], Any, Timer]:
     """The shared optimisation loop: AdamW over parameter ``groups`` (``{"params", "lr"}``; each group's LR
     follows the cosine schedule from its own base), gradients clipped to norm 1 per group (a large gradient of
-    one part must not stall another), logs, checkpoints, exact resume."""
+    one part must not stall another), logs, checkpoints, exact resume. ``make_sampler(process_index)`` gives each
+    process its own data stream."""
     from tqdm.auto import tqdm
 
     acc = make_accelerator(cfg)
+    sampler = make_sampler(acc.process_index)
     steps, bs = int(cfg.get("steps", 1000)), int(cfg.get("batch_size", 8))
     warmup = int(cfg.get("warmup", 50))
     groups = [g for g in groups if g["params"]]
@@ -111,7 +132,7 @@ def _loop(name: str, cfg: dict[str, Any], out_dir: Path, model: torch.nn.Module,
         for g, base in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = cosine_lr(step, steps, base, warmup)
         batch = _batch(sampler, bs, acc.device)
-        loss, logs = loss_fn(acc.unwrap_model(model), batch, step)
+        loss, logs = model(batch, step)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         for g in opt.param_groups:
@@ -154,7 +175,6 @@ def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
     groups = [{"params": lora, "lr": lr}, {"params": head, "lr": float(cfg.get("predictor_lr", lr))}]
     log.info(f"trainable {sum(p.numel() for p in lora + head)} of {sum(p.numel() for p in model.parameters())} "
              f"parameters (LoRA rank {model.config['lora_rank']}, predictor {model.config['predictor']})")
-    sampler = _sampler(cfg, model.image_size, seed + 1000)
     weights = {k: float(cfg.get(k, d)) for k, d in (("w_deg", 1.0), ("w_content", 1.0), ("w_image", 1.0),
                                                       ("w_caption", 1.0))}
     drop = float(cfg.get("caption_drop_scene", 0.5))
@@ -166,10 +186,12 @@ def train_align(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = Fals
                        m.tokenize(hq_caps).to(dev), **weights)
         return out["loss"], {k: float(v.detach()) for k, v in out.items()}
 
-    logs, acc, _ = _loop("vlmir-align", cfg, out_dir, model, groups, sampler, loss_fn, resume=resume,
+    stage = _Stage("aligner", model, loss_fn)
+    logs, acc, _ = _loop("vlmir-align", cfg, out_dir, stage, groups,
+                         lambda rank: _sampler(cfg, model.image_size, seed + 1000 + rank), resume=resume,
                          progress=progress, log=log)
     if acc.is_main_process:
-        net = acc.unwrap_model(model)
+        net = acc.unwrap_model(stage).inner
         for dst in [out_dir / "final"] + ([Path(export)] if export else []):
             net.save_pretrained(dst)
             (dst / "train_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -205,14 +227,6 @@ def restorer_loss(unet: torch.nn.Module, aligner: Any, scheduler: Any, batch: di
     return loss, logs
 
 
-class _StageTwo(torch.nn.Module):
-    """The trained part of stage 2 (the UNet) beside the frozen aligner, so checkpoints hold only the UNet."""
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-
 def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False,
                    export: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) stage 2; writes ``out_dir/final`` (and ``export``): ``pipeline.json``, ``aligner/``,
@@ -242,10 +256,9 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
         raise ValueError(f"unet.context_dim must be the aligner's width {aligner.embed_dim}, got {unet_cfg['context_dim']}")
     unet_cfg.setdefault("use_image_context", True)
     unet_cfg.setdefault("use_degra_context", aligner.predictor is not None)
-    model = _StageTwo(ConditionalUNet(**unet_cfg))
+    unet = ConditionalUNet(**unet_cfg)
     scheduler_cfg = {"max_sigma": 50, "T": 100, "schedule": "cosine", "eps": 0.005, **cfg.get("scheduler", {})}
     scheduler = IRSDEScheduler(**scheduler_cfg)
-    sampler = _sampler(cfg, aligner.image_size, seed + 2000)
     crop = cfg.get("restore_crop")
     from vlmir.pipelines.vlmir import PREDICTIONS
 
@@ -253,22 +266,24 @@ def train_restorer(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = F
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if prediction == "sample":  # start at the identity: x0_hat = mu (a resume then loads its checkpoint)
-        torch.nn.init.zeros_(model.unet.final_conv.weight)
-        torch.nn.init.zeros_(model.unet.final_conv.bias)
+        torch.nn.init.zeros_(unet.final_conv.weight)
+        torch.nn.init.zeros_(unet.final_conv.bias)
     drop = float(cfg.get("caption_drop_scene", 0.5))
     log.info(f"stage 2: context {context_mode}, captions {use_captions}, unet {unet_cfg}, "
-             f"{sum(p.numel() for p in model.parameters())} parameters")
+             f"{sum(p.numel() for p in unet.parameters())} parameters")
 
     def loss_fn(m: Any, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         lq_caps = pair_captions(batch, drop_scene=drop, rng=_step_rng(seed, step))[0] if use_captions else None
-        return restorer_loss(m.unet, aligner, scheduler, batch, lq_caps, context_mode=context_mode,
+        return restorer_loss(m, aligner, scheduler, batch, lq_caps, context_mode=context_mode,
                              use_captions=use_captions, crop=crop, prediction=prediction)
 
-    groups = [{"params": list(model.parameters()), "lr": float(cfg.get("lr", 1e-3))}]
-    logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, model, groups, sampler, loss_fn,
-                         resume=resume, progress=progress, log=log)
+    stage = _Stage("unet", unet, loss_fn)
+    groups = [{"params": list(unet.parameters()), "lr": float(cfg.get("lr", 1e-3))}]
+    logs, acc, _ = _loop("vlmir-restorer", cfg, out_dir, stage, groups,
+                         lambda rank: _sampler(cfg, aligner.image_size, seed + 2000 + rank), resume=resume,
+                         progress=progress, log=log)
     if acc.is_main_process:
-        unet = acc.unwrap_model(model).unet.eval()
+        unet = acc.unwrap_model(stage).inner.eval()
         pipeline = {"name": str(cfg.get("name", "vlmir")), "context_mode": context_mode, "use_captions": use_captions,
                     "scheduler": scheduler_cfg, "default_steps": cfg.get("default_steps"),
                     "mode": str(cfg.get("mode", "posterior")), "captions": cfg.get("captions", "metadata"),
