@@ -181,9 +181,9 @@ def weather_report_lines(scores, table, root: str | Path, eval_dir: str | Path,
     import eval as ev
 
     keys = [k for k in metrics.split(",") if ("Overall", k) in table.columns]
-    n_img = scores[scores["method"] == "Input"]["image"].nunique() if "Input" in set(scores["method"]) else 0
     cats = [c for c in ("Rain", "Haze", "Snow") if c in {c for c, _ in table.columns}]
     counts = {c: scores[(scores["method"] == "Input") & (scores["category"] == c)]["image"].nunique() for c in cats}
+    n_img = sum(counts.values())
     lines = ["## The weather report set: numbers no choice was made on", "",
              f"The catalogue's `report` photos (`vlmir/training/photos.py`, short side {WEATHER_REPORT_SHORT_SIDE} px), "
              "rain, haze and snow at severities " + ", ".join(map(str, WEATHER_REPORT_SEVERITIES)) + " made by the "
@@ -210,7 +210,8 @@ def weather_report(out: Path, runs_dir: Path, methods: dict | None = None) -> li
         write_weather_report_split(root)
     methods = report_methods(runs_dir) if methods is None else methods
     scores, table = evaluate_split(root, methods, out / "weather_report_eval")
-    order = [m for m in ["Input", *methods] if m in table.index]
+    first = ["Input", "classical", "embedded"]
+    order = [m for m in [*first, *(m for m in methods if m not in first)] if m in table.index]
     return weather_report_lines(scores, table.loc[order], root, out / "weather_report_eval")
 
 

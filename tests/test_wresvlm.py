@@ -476,4 +476,4 @@ def test_weather_report_split_is_scored_through_eval(tmp_path):
     assert (tmp_path / "eval" / "table.md").is_file() and (tmp_path / "eval" / "table.csv").is_file()
     lines = "\n".join(A.weather_report_lines(scores, table, tmp_path, tmp_path / "eval", metrics="psnr"))
     assert f"| identity | {table.loc['identity', ('Overall', 'psnr')]:.3f} |" in lines
-    assert "Rain" in lines and "Haze" in lines and "Snow" in lines
+    assert "6 images (Rain 2, Haze 2, Snow 2)" in lines and "| Haze | Rain | Snow | Overall |" in lines
