@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
              "own small model, not OpenAI CLIP); L_feat: the embedded encoder's content-tower features (no Depth "
              "Anything weights offline); rater: the embedded rater (not LLaVA); IQA votes: none (MUSIQ, CLIP-IQA, "
              "Q-Align weights absent). Splits: engine images (rain, haze, snow, mixtures), so 'real' is simulated.",
+             "", "The numbers no choice was made on are in the last section (the weather report set: the catalogue's "
+             "`report` photos, the independent engine's weather). The ablation and Table 2 sections are on the "
+             "three-photo split (chelsea, coffee, grace_hopper; now the catalogue's `select` split), the split this "
+             "run was reported and judged on.",
              "", "## Mean r^vlm of the EMA teacher's outputs on the unlabelled set, per round", ""]
     history = {}
     for name, *_ in VARIANTS:
@@ -334,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cmp = ev.compare(out / "eval", "wresvlm_table2", label="(ours, lite)")
         write_comparison(cmp, out / "compare_table2")
-        lines += ["## Beside WResVLM Table 2 (VLM-Vis per category; ours: embedded rater, engine weather)", "",
+        lines += ["## Beside WResVLM Table 2 (VLM-Vis per category; ours: embedded rater, our engine's weather on "
+                  "the three-photo split)", "",
                   (out / "compare_table2" / "compare.md").read_text() if (out / "compare_table2" / "compare.md").is_file()
                   else _markdown(cmp.round(3).reset_index()), ""]
     except (ValueError, OSError) as e:
@@ -352,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
         copy_export(full, WRESVLM_DIR)
         (WRESVLM_DIR / "lite_run_report.md").write_text("\n".join(lines) + "\n")
+        for ext in ("md", "csv"):  # eval's tables of the weather report set
+            shutil.copy2(out / "weather_report_eval" / f"table.{ext}", WRESVLM_DIR / f"weather_report_table.{ext}")
         print(f"shipped {full} to {WRESVLM_DIR}")
     print("\n".join(lines))
     shutil.copy2(out / "eval" / "table.md", out / "eval_table.md") if (out / "eval" / "table.md").is_file() else None
