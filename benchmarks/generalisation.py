@@ -100,17 +100,22 @@ def photo_names(split: str = "report", limit: int | None = None) -> tuple[str, .
 
 
 def build_cases(engine: str, photos: Sequence[str], *, severities: Sequence[int] = RATER_SEVERITIES,
-                short_side: int = SHORT_SIDE) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+                short_side: int = SHORT_SIDE, types: Sequence[str] = TYPES
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Clean images by photo name and the degraded cases: dicts with ``photo``, ``type``, ``severity``, ``seed``
-    and ``lq`` (float32 (H, W, 3))."""
+    and ``lq`` (float32 (H, W, 3)). ``types``: a subset of :data:`TYPES` (default all seven); a case's seed does
+    not depend on which other types are asked for."""
     from vlmir.training.photos import photo_image
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
+    bad = [t for t in types if t not in TYPES]
+    if bad or not types:
+        raise ValueError(f"types must be a non-empty subset of {', '.join(TYPES)}, got {list(types)!r}")
     clean = {p: photo_image(p, short_side) for p in photos}
     cases = []
     for p in photos:
-        for t in TYPES:
+        for t in types:
             seed = case_seed(p, t)
             for s in severities:
                 cases.append({"photo": p, "type": t, "severity": int(s), "seed": seed,

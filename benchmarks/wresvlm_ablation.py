@@ -18,6 +18,19 @@ Resumable: a variant whose ``final/`` exists is not trained again; a killed vari
    no-reference metrics PIQE and entropy, and PSNR/SSIM against ``GT``.
 4. ``OUT/REPORT.md``: per variant the mean r^vlm of the teacher's outputs on the unlabelled set per round, the
    ablation table (ours and the paper's), and our rows beside WResVLM Table 2's (VLM-Vis).
+5. The weather report set (numbers no choice was made on): the catalogue's ``report`` photos
+   (:mod:`vlmir.training.photos`, short side 256 px), rain, haze and snow at severities 2 and 3 made by the
+   *independent* engine (:mod:`benchmarks.independent_degradations`, one fixed seed per (photo, type) as in
+   :mod:`benchmarks.generalisation`), ``OUT/weather_report/Input/<Rain|Haze|Snow>/<photo>_s<severity>.png``, clean
+   photos in ``OUT/weather_report/GT`` for PSNR/SSIM only. The same methods and metrics as step 3, scored by
+   ``eval.run`` into ``OUT/weather_report_eval``; a section of ``OUT/REPORT.md`` (and ``OUT/WEATHER_REPORT.md``).
+   The step-3 split (three photos now in the catalogue's ``select`` split, our own engine) is where choices were
+   made.
+
+Only the weather report set, for variants trained earlier (no training)::
+
+    OMP_NUM_THREADS=1 python benchmarks/wresvlm_ablation.py --weather-report-only --out runs/wresvlm_report \
+        --runs-dir runs/wresvlm_lite/runs
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,6 +61,10 @@ VARIANTS = (
     ("L_sup+L_ps@no-r_vlm", {"wpl": 0.0, "sem": 0.0, "feat": 0.0}, False, {"init_restorers": ["embedded"]}),
 )
 METRICS = "vlm_vis,piqe,entropy,psnr,ssim"
+METRIC_TITLES = {"vlm_vis": "VLM-Vis ↑", "piqe": "PIQE ↓", "entropy": "entropy ↑", "psnr": "PSNR ↑", "ssim": "SSIM ↑"}
+# the weather report set (module docstring, step 5)
+WEATHER_REPORT_SEVERITIES = (2, 3)
+WEATHER_REPORT_SHORT_SIDE = 256
 
 
 FLAGS = ("L_sup", "L_ps", "r_vlm", "L_wpl", "L_sem", "L_feat", "iter")
@@ -68,6 +87,134 @@ def _markdown(df) -> str:
     return "\n".join(rows)
 
 
+def weather_report_cases(limit: int | None = None, *, severities=WEATHER_REPORT_SEVERITIES,
+                         short_side: int = WEATHER_REPORT_SHORT_SIDE):
+    """The weather report set in memory: the catalogue's ``report`` photos degraded by the independent engine.
+
+    Args:
+        limit: only the first ``limit`` report photos (quick runs; default all).
+        severities: the severities of each (photo, type), default (2, 3).
+        short_side: photos resized so the shorter side is this many px (default 256).
+
+    Returns:
+        ``(clean, cases)`` as :func:`benchmarks.generalisation.build_cases`: clean float32 (H, W, 3) images by photo
+        name, and per (photo, type in rainy / hazy / snowy, severity) a dict with ``photo``, ``type``,
+        ``severity``, ``seed`` (:func:`~benchmarks.generalisation.case_seed`) and ``lq``.
+    """
+    from benchmarks.generalisation import build_cases, photo_names
+    from vlmir.training.wresvlm import WEATHER_TYPES
+
+    return build_cases("independent", photo_names("report", limit), severities=severities, short_side=short_side,
+                       types=WEATHER_TYPES)
+
+
+def write_weather_report_split(root: str | Path, limit: int | None = None, *, severities=WEATHER_REPORT_SEVERITIES,
+                               short_side: int = WEATHER_REPORT_SHORT_SIDE) -> list[Path]:
+    """:func:`weather_report_cases` written as ``root/Input/<Rain|Haze|Snow>/<photo>_s<severity>.png``, each clean
+    photo beside it as ``root/GT/<category>/<same name>`` (for PSNR/SSIM only). Returns the input paths."""
+    import torch
+
+    from vlmir.io import save_image
+    from vlmir.training.wresvlm import CATEGORY_OF
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+    root = Path(root)
+    clean, cases = weather_report_cases(limit, severities=severities, short_side=short_side)
+    written = []
+    for c in cases:
+        rel = Path(CATEGORY_OF[c["type"]]) / f"{c['photo']}_s{c['severity']}.png"
+        for sub, img in (("Input", c["lq"]), ("GT", clean[c["photo"]])):
+            (root / sub / rel).parent.mkdir(parents=True, exist_ok=True)
+            save_image(tensor(img), root / sub / rel)
+        written.append(root / "Input" / rel)
+    return written
+
+
+def report_methods(runs_dir: str | Path) -> dict:
+    """The restorers every report split is scored on: ``embedded`` (the student's start), ``classical`` and each
+    variant of :data:`VARIANTS` whose exported EMA teacher ``runs_dir/<variant>/final`` exists, in that order."""
+    from vlmir.models.embedded import build_restorer
+    from vlmir.registry import create_model
+
+    methods = {"embedded": create_model("embedded", task="restorer"),
+               "classical": create_model("classical", task="restorer")}
+    for name, *_ in VARIANTS:
+        final = Path(runs_dir) / name / "final"
+        if final.is_dir():
+            methods[name] = build_restorer(path=final)
+    return methods
+
+
+def evaluate_split(root: str | Path, methods: dict, out: str | Path, metrics: str = METRICS):
+    """Restore ``root/Input/<category>/*.png`` with each of ``methods`` (name -> object with ``restore(x)``) into
+    ``root/<name>/...`` (an output already on disk is kept) and score every folder with ``eval.run`` against
+    ``root/GT`` into ``out`` (``scores.csv``, ``table.md`` ...). Returns ``(scores, table)``: the long scores and
+    ``eval.make_table``'s numbers."""
+    import eval as ev
+    from vlmir.io import load_image, save_image
+
+    root = Path(root)
+    inputs = sorted((root / "Input").rglob("*.png"))
+    if not inputs:
+        raise FileNotFoundError(f"no input image under {root / 'Input'}")
+    for m, r in methods.items():
+        for p in inputs:
+            dst = root / m / p.relative_to(root / "Input")
+            if dst.is_file():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            save_image(r.restore(load_image(p)), dst)
+    scores = ev.run(root, metrics, reference="GT", out=out, skip_unavailable=True, verbose=False)
+    return scores, ev.make_table(scores)
+
+
+def _cell(metric: str, v: float) -> str:
+    return f"{v:.4f}" if metric in ("vlm_vis", "ssim") else f"{v:.3f}"
+
+
+def weather_report_lines(scores, table, root: str | Path, eval_dir: str | Path,
+                         metrics: str = METRICS) -> list[str]:
+    """The Markdown section of the weather report set: Overall per method and metric, then per category
+    (``eval.make_table(grouped=True)``'s cells)."""
+    import eval as ev
+
+    keys = [k for k in metrics.split(",") if ("Overall", k) in table.columns]
+    cats = [c for c in ("Rain", "Haze", "Snow") if c in {c for c, _ in table.columns}]
+    counts = {c: scores[(scores["method"] == "Input") & (scores["category"] == c)]["image"].nunique() for c in cats}
+    n_img = sum(counts.values())
+    lines = ["## The weather report set: numbers no choice was made on", "",
+             f"The catalogue's `report` photos (`vlmir/training/photos.py`, short side {WEATHER_REPORT_SHORT_SIDE} px), "
+             "rain, haze and snow at severities " + ", ".join(map(str, WEATHER_REPORT_SEVERITIES)) + " made by the "
+             "independent engine (`benchmarks/independent_degradations.py`, one fixed seed per (photo, type)): "
+             f"{n_img} images (" + ", ".join(f"{c} {counts[c]}" for c in cats) + f"), `{root}`. Treated as an "
+             "unlabelled real-world-like set: VLM-Vis with the embedded rater, the weight-free PIQE and entropy; "
+             "PSNR / SSIM against the withheld clean photos. No training, setting or checkpoint was chosen on "
+             f"these images. eval tables: `{eval_dir}/table.md`, `table.csv`.", "",
+             "Overall:", "", "| method | " + " | ".join(METRIC_TITLES.get(k, k) for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for m in table.index:
+        lines.append(f"| {m} | " + " | ".join(_cell(k, float(table.loc[m, ('Overall', k)])) for k in keys) + " |")
+    grouped = ev.make_table(scores, grouped=True).loc[list(table.index)]
+    lines += ["", "Per category (" + " / ".join(METRIC_TITLES.get(k, k) for k in keys) + "):", "",
+              "| method | " + " | ".join(grouped.columns) + " |", "|---|" + "---|" * len(grouped.columns)]
+    lines += [f"| {m} | " + " | ".join(str(v) for v in row) + " |" for m, row in grouped.iterrows()]
+    return lines + [""]
+
+
+def weather_report(out: Path, runs_dir: Path, methods: dict | None = None) -> list[str]:
+    """Step 5 of the module docstring: write (once) and score the weather report set; returns its report lines."""
+    root = out / "weather_report"
+    if not (root / "Input").is_dir():
+        write_weather_report_split(root)
+    methods = report_methods(runs_dir) if methods is None else methods
+    scores, table = evaluate_split(root, methods, out / "weather_report_eval")
+    first = ["Input", "classical", "embedded"]
+    order = [m for m in [*first, *(m for m in methods if m not in first)] if m in table.index]
+    return weather_report_lines(scores, table.loc[order], root, out / "weather_report_eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="vlmir/training/configs/wresvlm.json")
@@ -76,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default all)")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--runs-dir", default=None, help="where the variants' runs are (default OUT/runs)")
+    ap.add_argument("--weather-report-only", action="store_true", help="no training and no step-3 split: only the "
+                    "weather report set (step 5) for the variants found in --runs-dir; writes OUT/WEATHER_REPORT.md")
     ap.add_argument("--ship", default=None, metavar="VARIANT", help="copy this variant's weights and the report "
                     "to assets/weights/wresvlm-lite (its MODEL_CARD.md is kept)")
     args = ap.parse_args(argv)
@@ -84,15 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import eval as ev
-    from vlmir.io import load_image, save_image
-    from vlmir.models.embedded import build_restorer
-    from vlmir.registry import create_model
     from vlmir.training.common import load_config
     from vlmir.training.data import HELDOUT_PHOTOS, TRAIN_PHOTOS
     from vlmir.training.wresvlm import train, write_engine_split
 
     torch.set_num_threads(1)
     out = Path(args.out)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
+    if args.weather_report_only:
+        lines = weather_report(out, runs_dir)
+        (out / "WEATHER_REPORT.md").write_text("\n".join(["# WResVLM lite: the weather report set", "",
+                                                        f"Variants from `{runs_dir}`.", "", *lines]))
+        print("\n".join(lines))
+        return 0
     base = load_config(args.config)
     if args.steps_per_round is not None:
         base["steps_per_round"] = args.steps_per_round
@@ -111,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                            clean_out=report / "GT", p_mixture=0.0)
 
     chosen = [v for v in VARIANTS if args.only is None or v[0] in args.only.split(",")]
-    first_store = out / "runs" / VARIANTS[0][0] / "pseudo_labels"
+    first_store = runs_dir / VARIANTS[0][0] / "pseudo_labels"
     for name, weights, refresh, overrides in chosen:
-        run_dir = out / "runs" / name
+        run_dir = runs_dir / name
         if (run_dir / "final" / "model.safetensors").is_file():
             continue
         cfg = json.loads(json.dumps(base))
@@ -127,22 +281,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.no_eval:
         return 0
-    # restorations of the report split
-    inputs = sorted((report / "Input").rglob("*.png"))
-    methods = {"embedded": create_model("embedded", task="restorer"), "classical": create_model("classical", task="restorer")}
-    for name, *_ in VARIANTS:
-        final = out / "runs" / name / "final"
-        if final.is_dir():
-            methods[name] = build_restorer(path=final)
-    for m, r in methods.items():
-        for p in inputs:
-            dst = report / m / p.relative_to(report / "Input")
-            if dst.is_file():
-                continue
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            save_image(r.restore(load_image(p)), dst)
-    scores = ev.run(report, METRICS, reference="GT", out=out / "eval", skip_unavailable=True, verbose=False)
-    table = ev.make_table(scores)
+    # restorations of the step-3 split (three photos, our engine: where choices were made)
+    methods = report_methods(runs_dir)
+    _, table = evaluate_split(report, methods, out / "eval")
     overall = {m: {k: float(table.loc[m, ("Overall", k)]) for k in METRICS.split(",") if ("Overall", k) in table.columns}
                for m in table.index}
 
@@ -154,10 +295,14 @@ def main(argv: list[str] | None = None) -> int:
              "own small model, not OpenAI CLIP); L_feat: the embedded encoder's content-tower features (no Depth "
              "Anything weights offline); rater: the embedded rater (not LLaVA); IQA votes: none (MUSIQ, CLIP-IQA, "
              "Q-Align weights absent). Splits: engine images (rain, haze, snow, mixtures), so 'real' is simulated.",
+             "", "The numbers no choice was made on are in the last section (the weather report set: the catalogue's "
+             "`report` photos, the independent engine's weather). The ablation and Table 2 sections are on the "
+             "three-photo split (chelsea, coffee, grace_hopper; now the catalogue's `select` split), the split this "
+             "run was reported and judged on.",
              "", "## Mean r^vlm of the EMA teacher's outputs on the unlabelled set, per round", ""]
     history = {}
     for name, *_ in VARIANTS:
-        path = out / "runs" / name / "rounds.jsonl"
+        path = runs_dir / name / "rounds.jsonl"
         if path.is_file():
             history[name] = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     n = max((len(r) for r in history.values()), default=1)
@@ -167,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{r['mean_r_vlm_teacher']:.4f}" for r in recs] + [""] * (n - len(recs))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {sum(r['replaced'] for r in recs)} | "
                      f"{recs[-1]['mean_r_vlm_pseudo']:.4f} |")
-    lines += ["", "## Ablation on the report split (Overall; VLM-Vis with the embedded rater)", "",
+    lines += ["", "## Ablation on the three-photo split (Overall; VLM-Vis with the embedded rater)", "",
+              "chelsea, coffee, grace_hopper (now the catalogue's `select` split), our own engine's weather, short "
+              "side 192: the numbers the shipped variant and the settings were chosen on. The numbers no choice was "
+              "made on are the weather report set's, below.", "",
               "| method | " + " | ".join(FLAGS) + " | VLM-Vis ↑ | PIQE ↓ | entropy ↑ | PSNR ↑ | SSIM ↑ |",
               "|---|" + "---|" * (len(FLAGS) + 5)]
     rows = []
@@ -190,15 +338,17 @@ def main(argv: list[str] | None = None) -> int:
 
         cmp = ev.compare(out / "eval", "wresvlm_table2", label="(ours, lite)")
         write_comparison(cmp, out / "compare_table2")
-        lines += ["## Beside WResVLM Table 2 (VLM-Vis per category; ours: embedded rater, engine weather)", "",
+        lines += ["## Beside WResVLM Table 2 (VLM-Vis per category; ours: embedded rater, our engine's weather on "
+                  "the three-photo split)", "",
                   (out / "compare_table2" / "compare.md").read_text() if (out / "compare_table2" / "compare.md").is_file()
                   else _markdown(cmp.round(3).reset_index()), ""]
     except (ValueError, OSError) as e:
         lines += [f"Table 2 comparison not made: {e}", ""]
     lines += ["Table 1 (NIMA / MUSIQ / CLIP-IQA) has no column we can compute here: their weights are not on this "
               "machine, so our rows there are empty.", ""]
+    lines += weather_report(out, runs_dir, methods)
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
-    full = out / "runs" / str(args.ship) / "final"
+    full = runs_dir / str(args.ship) / "final"
     if args.ship and not full.is_dir():
         raise FileNotFoundError(f"--ship {args.ship}: {full} does not exist")
     if args.ship:
@@ -207,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
         copy_export(full, WRESVLM_DIR)
         (WRESVLM_DIR / "lite_run_report.md").write_text("\n".join(lines) + "\n")
+        for ext in ("md", "csv"):  # eval's tables of the weather report set
+            shutil.copy2(out / "weather_report_eval" / f"table.{ext}", WRESVLM_DIR / f"weather_report_table.{ext}")
         print(f"shipped {full} to {WRESVLM_DIR}")
     print("\n".join(lines))
     shutil.copy2(out / "eval" / "table.md", out / "eval_table.md") if (out / "eval" / "table.md").is_file() else None

@@ -427,3 +427,53 @@ def test_depth_anything_hub_id_offline_names_the_repo(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="LiheYoung/depth-anything-small-hf"):
         W.DepthFeatures.from_pretrained("LiheYoung/depth-anything-small-hf")
+
+
+# -- the weather report set of benchmarks/wresvlm_ablation.py -------------------------------------------------------
+
+def test_weather_report_cases_are_report_photos_in_rain_haze_snow_by_the_independent_engine():
+    from benchmarks import generalisation as G
+    from benchmarks import independent_degradations as ID
+    from benchmarks import wresvlm_ablation as A
+    from vlmir.training.photos import photo_split
+
+    clean, cases = A.weather_report_cases(limit=2, short_side=48)
+    assert list(clean) == list(G.photo_names("report")[:2])
+    assert all(photo_split(p) == "report" for p in clean)
+    assert [(c["photo"], c["type"], c["severity"]) for c in cases] == [
+        (p, t, s) for p in clean for t in ("rainy", "hazy", "snowy") for s in (2, 3)]
+    for c in cases:
+        assert c["seed"] == G.case_seed(c["photo"], c["type"])
+        want = ID.degrade(clean[c["photo"]], c["type"], c["severity"], c["seed"])
+        np.testing.assert_array_equal(c["lq"], want)  # the independent engine, not vlmir.degradations
+        assert float(np.abs(c["lq"] - clean[c["photo"]]).mean()) > 0.01
+    _, again = A.weather_report_cases(limit=2, short_side=48)
+    for a, b in zip(cases, again, strict=True):
+        np.testing.assert_array_equal(a["lq"], b["lq"])
+    with pytest.raises(ValueError, match="subset"):
+        G.build_cases("independent", ["lion"], types=("rainy", "foggy"))
+
+
+def test_weather_report_split_is_scored_through_eval(tmp_path):
+    from benchmarks import wresvlm_ablation as A
+    from vlmir.io import load_image
+    from vlmir.training.evaluate import psnr
+
+    written = A.write_weather_report_split(tmp_path, limit=1, short_side=32)
+    rel = sorted(str(p.relative_to(tmp_path / "Input")) for p in written)
+    assert rel == ["Haze/lion_s2.png", "Haze/lion_s3.png", "Rain/lion_s2.png", "Rain/lion_s3.png",
+                   "Snow/lion_s2.png", "Snow/lion_s3.png"]
+    assert sorted(str(p.relative_to(tmp_path / "GT")) for p in (tmp_path / "GT").rglob("*.png")) == rel
+
+    class Identity:
+        def restore(self, x):
+            return x
+
+    scores, table = A.evaluate_split(tmp_path, {"identity": Identity()}, tmp_path / "eval", metrics="psnr")
+    want = np.mean([psnr(load_image(tmp_path / "Input" / r), load_image(tmp_path / "GT" / r)) for r in rel])
+    assert table.loc["Input", ("Overall", "psnr")] == pytest.approx(want, abs=0.05)
+    assert table.loc["identity", ("Overall", "psnr")] == pytest.approx(table.loc["Input", ("Overall", "psnr")])
+    assert (tmp_path / "eval" / "table.md").is_file() and (tmp_path / "eval" / "table.csv").is_file()
+    lines = "\n".join(A.weather_report_lines(scores, table, tmp_path, tmp_path / "eval", metrics="psnr"))
+    assert f"| identity | {table.loc['identity', ('Overall', 'psnr')]:.3f} |" in lines
+    assert "6 images (Rain 2, Haze 2, Snow 2)" in lines and "| Haze | Rain | Snow | Overall |" in lines
