@@ -237,3 +237,76 @@ def test_shipped_rater_orders_clean_above_severe():
     for t in DEGRADATIONS:  # the card: clean above severity 4 in 100% of held-out (photo, type) pairs
         bad = rater.rate(_t(degrade(img, t, 4, seed=0)[0]))
         assert clean["score"] > bad["score"], t
+
+
+# -- the uncertainty fallback (issue 17: never much worse than the input) -----------------------------------------
+
+def test_fallback_weights_and_shrink_by_hand():
+    from vlmir.models.embedded import Fallback
+
+    hard = Fallback()
+    assert hard.top2_weights(0.5, 0.45) == (1.0, 0.0) and hard.shrink(0.01) == 1.0
+    fb = Fallback(soft_min=0.3, lo=0.2, hi=0.6)
+    assert fb.top2_weights(0.6, 0.2) == (1.0, 0.0)  # share 0.25 < 0.3: top-1 alone
+    w1, w2 = fb.top2_weights(0.5, 0.3)  # share 0.375
+    assert w1 == pytest.approx(0.625) and w2 == pytest.approx(0.375)
+    assert fb.shrink(0.7) == 1.0 and fb.shrink(0.1) == 0.0 and fb.shrink(0.4) == pytest.approx(0.5)
+    plan, c = fb.plan({"noisy": 0.3, "hazy": 0.5, "clear": 0.2})
+    assert plan == [("hazy", pytest.approx(0.625)), ("noisy", pytest.approx(0.375))] and c == pytest.approx(0.75)
+    assert Fallback(lo=0.5, hi=0.5).shrink(0.49) == 0.0
+    assert Fallback.from_config({"soft_min": 0.5, "lo": 0.1, "hi": 0.4, "chosen_on": "select"}) == \
+        Fallback(0.5, 0.1, 0.4)
+    assert Fallback.from_config(None) == hard
+    for bad in ({"soft_min": 0.0}, {"lo": 0.6, "hi": 0.5}, {"hi": 1.5}):
+        with pytest.raises(ValueError):
+            Fallback(**bad)
+    with pytest.raises(ValueError, match="unknown fallback keys"):
+        Fallback.from_config({"tau": 0.5})
+
+
+def _prior_restorer(fallback=None):
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder().eval()
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), prior=True).eval()
+    return EmbeddedRestorer(enc, net, random_weights=True, fallback=fallback)
+
+
+def test_fallback_restore_blends_the_top2_outputs_and_moves_to_the_input():
+    """A blind restore under a fallback equals the policy applied to the two single-prior outputs, whole-image
+    and tiled; at a top probability below ``lo`` it returns the input; a given type bypasses it."""
+    from vlmir.models.embedded import Fallback
+
+    r = _prior_restorer()
+    x = torch.rand(1, 3, 96, 128) * 0.6
+    probs = r.type_probabilities(x)
+    top = sorted(probs, key=probs.get, reverse=True)[:2]
+    p1, p2 = probs[top[0]], probs[top[1]]
+    y1, y2 = (r.restore(x, prior_type=t) for t in top)
+    assert torch.equal(r.restore(x), y1)  # default: the hard choice
+    fb = Fallback(soft_min=min(1.0, 0.5 * p2 / (p1 + p2)), lo=0.0, hi=min(1.0, 2 * p1))
+    w1, w2 = fb.top2_weights(p1, p2)
+    c = fb.shrink(p1)
+    assert w2 > 0 and 0 < c < 1
+    want = (x + c * ((w1 * y1 + w2 * y2) - x)).clamp(0, 1)
+    got = r.restore(x, fallback=fb)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (got - x).abs().mean() < (y1 - x).abs().mean()
+    t1, t2 = (r.restore(x, prior_type=t, tile=64) for t in top)  # tiles: the same policy on the tiled outputs
+    assert torch.allclose(r.restore(x, fallback=fb, tile=64), x + c * ((w1 * t1 + w2 * t2) - x), atol=1e-5)
+    assert torch.equal(r.restore(x, fallback=Fallback(lo=1.0, hi=1.0)), x.clamp(0, 1))  # never sure: identity
+    assert torch.equal(r.restore(x, fallback=fb, degradation=top[1]), r.restore(x, degradation=top[1]))
+    with pytest.raises(ValueError, match="unknown prior_type"):
+        r.restore(x, prior_type="foggy")
+    with pytest.raises(ValueError, match="fallback must be"):
+        r.restore(x, fallback="soft")
+
+
+def test_fallback_is_read_from_the_restorer_config(tmp_path):
+    from vlmir.models.embedded import Fallback, load_fallback
+
+    assert load_fallback(tmp_path) == Fallback()
+    (tmp_path / "config.json").write_text(json.dumps({"width": 8, "fallback": {"soft_min": 0.4, "lo": 0.2, "hi": 0.5}}))
+    assert load_fallback(tmp_path) == Fallback(0.4, 0.2, 0.5)
+    (tmp_path / "config.json").write_text(json.dumps({"fallback": {"lo": 0.9, "hi": 0.1}}))
+    with pytest.raises(ValueError, match="bad fallback entry"):
+        load_fallback(tmp_path)

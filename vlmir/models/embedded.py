@@ -33,6 +33,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,21 @@ def load_restorer(path: str | Path | None = None, *, allow_random: bool = True, 
         torch.manual_seed(0)
         net = ConditionalRestorer(cond_dim=cond_dim).to(device).eval()
     return net, rnd
+
+
+def load_fallback(path: str | Path | None = None, default_dir: Path = RESTORER_DIR) -> Fallback:
+    """The :class:`Fallback` in a restorer folder's ``config.json`` (its ``fallback`` entry; absent: the hard
+    choice)."""
+    folder = Path(path) if path is not None else default_dir
+    if folder.is_file():
+        folder = folder.parent
+    config = folder / "config.json"
+    if not config.is_file():
+        return Fallback()
+    try:
+        return Fallback.from_config(json.loads(config.read_text()).get("fallback"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad fallback entry in {config}: {e}") from e
 
 
 def load_rater_head(path: str | Path | None = None, *, allow_random: bool = True, device: str = "cpu",
@@ -228,6 +244,66 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
     return sorted({round(i * (size - tile) / (n - 1)) for i in range(n)})
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """How a blind restore uses the encoder's type probabilities p (sorted, p_1 >= p_2 >= ...) instead of a hard
+    choice of the prior's type, so that an uncertain or wrong type cannot hurt at full strength.
+
+    - ``soft_min``: when p_2 / (p_1 + p_2) >= ``soft_min`` the outputs of the top-2 types' priors are averaged with
+      weights p_1, p_2 (renormalised); 1 (default) never blends, so the top-1 type alone gives the prior;
+    - ``lo``, ``hi``: the output moves towards the input, y = x + c (y_hat - x) with
+      c = clip((p_1 - lo) / (hi - lo), 0, 1): full restoration at p_1 >= ``hi``, the input itself at p_1 <= ``lo``;
+      ``hi`` = 0 (default) never shrinks.
+
+    The default is the hard choice of earlier releases. A restore told the true type (``degradation=``) uses no
+    fallback.
+    """
+
+    soft_min: float = 1.0
+    lo: float = 0.0
+    hi: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.soft_min <= 1.0:
+            raise ValueError(f"soft_min must be in (0, 1], got {self.soft_min!r}")
+        if not (0.0 <= self.lo <= self.hi <= 1.0):
+            raise ValueError(f"need 0 <= lo <= hi <= 1, got lo={self.lo!r}, hi={self.hi!r}")
+
+    def top2_weights(self, p1: float, p2: float) -> tuple[float, float]:
+        """Weights of the top-1 and top-2 types' outputs."""
+        share = p2 / (p1 + p2) if p1 + p2 > 0 else 0.0
+        if self.soft_min >= 1.0 or share < self.soft_min:
+            return 1.0, 0.0
+        return 1.0 - share, share
+
+    def shrink(self, p1: float) -> float:
+        """c of y = x + c (y_hat - x) for the top probability ``p1``."""
+        if self.hi <= 0.0:
+            return 1.0
+        if self.hi == self.lo:
+            return 1.0 if p1 >= self.hi else 0.0
+        return float(min(1.0, max(0.0, (p1 - self.lo) / (self.hi - self.lo))))
+
+    def plan(self, probs: dict[str, float]) -> tuple[list[tuple[str, float]], float]:
+        """``([(type, weight), ...], c)`` for a restore with type probabilities ``probs``."""
+        top = sorted(probs, key=probs.get, reverse=True)[:2]
+        p1 = probs[top[0]]
+        p2 = probs[top[1]] if len(top) > 1 else 0.0
+        w1, w2 = self.top2_weights(p1, p2)
+        steps = [(top[0], w1)] + ([(top[1], w2)] if w2 > 0 else [])
+        return steps, self.shrink(p1)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> Fallback:
+        """From a restorer ``config.json``'s ``fallback`` entry (absent: the hard choice)."""
+        if not cfg:
+            return cls()
+        unknown = set(cfg) - {"soft_min", "lo", "hi", "chosen_on"}
+        if unknown:
+            raise ValueError(f"unknown fallback keys {sorted(unknown)}; valid: soft_min, lo, hi, chosen_on")
+        return cls(**{k: float(v) for k, v in cfg.items() if k != "chosen_on"})
+
+
 class EmbeddedRestorer:
     """Task ``restorer``: feed-forward passes of the conditional restorer (``steps`` and ``seed`` are accepted
     for the contract and unused: the model is deterministic).
@@ -235,15 +311,19 @@ class EmbeddedRestorer:
     ``ensemble`` (1, 2 or 4) is the flip self-ensemble: the network also restores the horizontally (2) and the
     vertically and doubly (4) flipped image, the outputs are flipped back and averaged. The conditioning and the
     classical prior are computed once. Each pass costs one network forward.
+
+    ``fallback`` (:class:`Fallback`) decides how a blind restore uses the encoder's type probabilities: the prior of
+    the top type, a blend of the top-2 types' outputs, and a move towards the input when the top probability is low.
     """
 
     def __init__(self, encoder: DegradationAwareEncoder, net: ConditionalRestorer, *, random_weights: bool,
-                 name: str = "embedded", ensemble: int = 1) -> None:
+                 name: str = "embedded", ensemble: int = 1, fallback: Fallback | None = None) -> None:
         self.encoder = encoder
         self.net = net
         self.random_weights = random_weights
         self.name = name
         self.ensemble = _check_ensemble(ensemble)
+        self.fallback = fallback if fallback is not None else Fallback()
 
     @property
     def device(self) -> torch.device:
@@ -264,33 +344,46 @@ class EmbeddedRestorer:
         return p_blur
 
     @torch.no_grad()
-    def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, str, float]:
-        """Conditioning, the predicted type and the probability of ``motion-blurry`` (0 when the encoder has no
-        such name)."""
+    def _condition(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
+        """Conditioning, the type probabilities by name and the probability of ``motion-blurry`` (0 when the
+        encoder has no such name)."""
         f = self.encoder.embed(x)
         cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
         names = self.encoder.degradation_names
         p = f["type_logits"].softmax(-1)[0]
         p_blur = float(p[names.index(BLUR)]) if BLUR in names else 0.0
-        return cond, names[int(p.argmax())], p_blur
+        return cond, {n: float(v) for n, v in zip(names, p.tolist(), strict=True)}, p_blur
 
     @torch.no_grad()
-    def _run(self, x: torch.Tensor, cond: torch.Tensor, prior_type: str | None, ensemble: int,
-             deblur: float = 0.0) -> torch.Tensor:
-        """Restore ``x`` (a whole image or a tile) with the ``ensemble`` flip passes, then the deblurring stage
-        with weight ``deblur``; the classical prior (when the network takes one) is computed once from the same
-        pixels, so a tiled restore never runs the classical method on the whole image."""
-        prior = classical_prior(x, [prior_type]) if prior_type is not None else None
-        out = None
-        for dims in ENSEMBLES[ensemble]:
-            xf = x.flip(dims) if dims else x
-            pf = prior.flip(dims) if dims and prior is not None else prior
-            y = self._pass(xf, cond, pf)
-            y = y.flip(dims) if dims else y
-            out = y if out is None else out + y
-        out = out / len(ENSEMBLES[ensemble])
+    def type_probabilities(self, x: torch.Tensor) -> dict[str, float]:
+        """The encoder's type probabilities of ``x`` (1, 3, H, W), by name: what the fallback acts on."""
+        x = _check_image(x).to(self.device, torch.float32).clamp(0, 1)
+        return self._condition(x)[1]
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor, cond: torch.Tensor, plan: list[tuple[str | None, float]], ensemble: int,
+             deblur: float = 0.0, shrink: float = 1.0) -> torch.Tensor:
+        """Restore ``x`` (a whole image or a tile): per ``(prior type, weight)`` of ``plan`` the ``ensemble`` flip
+        passes (the outputs weighted), then the deblurring stage with weight ``deblur``, then the move towards the
+        input by ``shrink`` (:class:`Fallback`). Each classical prior is computed from the same pixels, so a tiled
+        restore never runs the classical method on the whole image."""
+        total = None
+        for prior_type, weight in plan:
+            prior = classical_prior(x, [prior_type]) if prior_type is not None else None
+            out = None
+            for dims in ENSEMBLES[ensemble]:
+                xf = x.flip(dims) if dims else x
+                pf = prior.flip(dims) if dims and prior is not None else prior
+                y = self._pass(xf, cond, pf)
+                y = y.flip(dims) if dims else y
+                out = y if out is None else out + y
+            out = out * (weight / len(ENSEMBLES[ensemble]))
+            total = out if total is None else total + out
+        out = total
         if deblur > 0:
             out = (out + deblur * (self.net.deblur(out) - out)).clamp(0, 1)
+        if shrink < 1.0:
+            out = (x + shrink * (out - x)).clamp(0, 1)
         return out
 
     def _pass(self, x: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
@@ -307,7 +400,8 @@ class EmbeddedRestorer:
     @torch.no_grad()
     def restore(self, x: torch.Tensor, *, steps: int | None = None, seed: int = 0, tile: int | None = None,
                 progress: Callable[[int, int], Any] | None = None, degradation: str | None = None,
-                ensemble: int | None = None) -> torch.Tensor:
+                ensemble: int | None = None, fallback: Fallback | None | str = "default",
+                prior_type: str | None = None) -> torch.Tensor:
         """Restore ``x`` (1, 3, H, W) in [0, 1]; returns the same shape.
 
         Args:
@@ -321,6 +415,10 @@ class EmbeddedRestorer:
                 ``motion-blurry``). The conditioning is always the encoder's own embedding of the image. Ignored
                 by a restorer with neither.
             ensemble: flip self-ensemble passes, 1, 2 or 4 (class docstring); default :attr:`ensemble`.
+            fallback: the :class:`Fallback` of a blind restore; ``"default"`` is :attr:`fallback`, ``None`` the
+                hard choice. Unused when ``degradation`` is given.
+            prior_type: the classical prior's type of a blind restore (the conditioning and the deblurring weight
+                stay the encoder's own), with no fallback; used to score fallbacks without re-running the encoder.
         """
         x = _check_image(x)
         ensemble = self.ensemble if ensemble is None else _check_ensemble(ensemble)
@@ -331,16 +429,24 @@ class EmbeddedRestorer:
         if (self.net.prior or self.net.deblur is not None) and degradation is not None \
                 and degradation not in self.encoder.degradation_names:
             raise ValueError(f"unknown degradation {degradation!r}; valid: {', '.join(self.encoder.degradation_names)}")
-        cond, predicted, p_blur = self._condition(x)
+        if prior_type is not None and prior_type not in self.encoder.degradation_names:
+            raise ValueError(f"unknown prior_type {prior_type!r}; valid: {', '.join(self.encoder.degradation_names)}")
+        cond, probs, p_blur = self._condition(x)
         deblur = self.deblur_weight(p_blur, degradation)
-        prior_type = None  # the type whose classical method gives the prior, for a network that takes one
-        if self.net.prior:
-            prior_type = degradation or predicted
+        fb = self.fallback if isinstance(fallback, str) and fallback == "default" else (fallback or Fallback())
+        if not isinstance(fb, Fallback):
+            raise ValueError(f"fallback must be a Fallback, None or 'default', got {fallback!r}")
+        if degradation is not None or prior_type is not None:
+            plan, shrink = [(degradation or prior_type, 1.0)], 1.0
+        else:
+            plan, shrink = fb.plan(probs)
+        if not self.net.prior:  # a network without a prior: one pass; the shrink still applies to a blind restore
+            plan = [(None, 1.0)]
         h, w = x.shape[-2:]
         if tile is None and h * w > AUTO_TILE_PIXELS:
             tile = DEFAULT_TILE
         if tile is None or (h <= tile and w <= tile):
-            out = self._run(x, cond, prior_type, ensemble, deblur)
+            out = self._run(x, cond, plan, ensemble, deblur, shrink)
             if progress is not None:
                 progress(1, 1)
             return out.to(src_device, src_dtype)
@@ -351,7 +457,7 @@ class EmbeddedRestorer:
         for y in ys:
             for x0 in xs:
                 th, tw = min(tile, h - y), min(tile, w - x0)
-                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, prior_type, ensemble, deblur)
+                piece = self._run(x[..., y : y + th, x0 : x0 + tw], cond, plan, ensemble, deblur, shrink)
                 wy = _ramp(th, TILE_OVERLAP, y == 0, y + th >= h).to(x.device)
                 wx = _ramp(tw, TILE_OVERLAP, x0 == 0, x0 + tw >= w).to(x.device)
                 wgt = (wy[:, None] * wx[None, :])[None, None]
@@ -379,7 +485,8 @@ def build_restorer(device: str = "cpu", path: str | Path | None = None, encoder_
                    **_: Any) -> EmbeddedRestorer:
     enc, rnd_e = load_encoder(encoder_path, device=device)
     net, rnd_r = load_restorer(path, device=device, cond_dim=2 * enc.config["embed_dim"])
-    return EmbeddedRestorer(enc, net, random_weights=rnd_e or rnd_r, ensemble=DEFAULT_ENSEMBLE)
+    return EmbeddedRestorer(enc, net, random_weights=rnd_e or rnd_r, ensemble=DEFAULT_ENSEMBLE,
+                            fallback=None if rnd_r else load_fallback(path))
 
 
 def build_wresvlm_lite(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
