@@ -53,6 +53,15 @@ def _key(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def folder_name(variant: str) -> str:
+    """The results folder of a variant: its name without path separators ("w/o LoRA" -> "wo LoRA"), so that the
+    layout stays ``D/<method>/<type>/<image>``; the tables show the variant's own name again."""
+    name = variant.replace("/", "").replace("\\", "").strip()
+    if not name or name in (".", "..", "gt", "input"):
+        raise ValueError(f"variant name {variant!r} gives no usable results folder")
+    return name
+
+
 def specific_data(cfg: dict[str, Any], kind: str) -> dict[str, Any]:
     """A stage config whose data are degraded by ``kind`` alone (no mixtures; clean crops kept)."""
     from vlmir.degradations import DEGRADATIONS
@@ -119,13 +128,26 @@ def write_results(runs: list[dict[str, Any]], out: Path, *, limit: int | None, s
             pipe = load_vlmir(run["restorer_dir"] / "final")
             method = run["variant"]
             for c in mine:
-                dst = d / method / c["type"] / f"{c['photo']}_s{c['severity']}.png"
+                dst = d / folder_name(method) / c["type"] / f"{c['photo']}_s{c['severity']}.png"
                 if dst.is_file():
                     continue
                 save_image(pipe.restore(from_numpy(c["lq"]), steps=steps, seed=0), dst)
             print(f"[{setting}] {method}: {len(mine)} images restored", file=sys.stderr)
         folders[setting] = d
     return folders
+
+
+def score_setting(dataset: Path, out: Path, variants: list[str], metrics: str) -> "Any":
+    """Score one setting's results with ``eval.run`` and write its tables under ``out`` with the variants' names
+    (folders are :func:`folder_name`)."""
+    import eval as ev
+
+    scores, report = ev.run(dataset, metrics=metrics, reference="gt", out=None, skip_unavailable=True,
+                            verbose=False, cache=out / "score_cache.sqlite", return_report=True)
+    labels = {folder_name(v): v for v in variants}
+    scores["method"] = scores["method"].map(lambda m: labels.get(m, m))
+    ev.write_outputs(scores, out, report=report)
+    return scores
 
 
 def ship_table(scores_csv: Path, name: str) -> Path:
@@ -157,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", action="store_true",
                     help="also write each setting's table to eval/reference/vlmir_ablation_<setting>.csv")
     args = ap.parse_args(argv)
-    import eval as ev
-
     config = json.loads(Path(args.config).read_text())
     out = Path(args.out)
     runs = plan(config, out)
@@ -170,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                             engine=opts.get("engine", "independent"), steps=opts.get("steps"),
                             severities=tuple(opts.get("severities", (2, 3))))
     for setting, d in folders.items():
-        scores = ev.run(d, metrics=args.metrics, reference="gt", out=out / setting, skip_unavailable=True,
-                        verbose=False)
+        variants = [r["variant"] for r in runs if r["setting"] == setting]
+        scores = score_setting(d, out / setting, variants, args.metrics)
         print(f"\n## {setting}\n")
         print((out / setting / "table.md").read_text())
         del scores

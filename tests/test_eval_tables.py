@@ -82,7 +82,7 @@ def test_reference_tables_are_the_papers_numbers():
     ab = ev.load_reference("wresvlm_ablation")
     assert len(ab) == 7 and list(ab["musiq"]) == [53.41, 54.08, 56.68, 57.34, 58.13, 58.91, 59.34]
     assert ab.iloc[0][["L_sup", "L_ps", "iter"]].tolist() == [1, 0, 0] and ab.iloc[-1]["iter"] == 1
-    with pytest.raises(ValueError, match="available: wresvlm_ablation"):
+    with pytest.raises(ValueError, match="available: .*wresvlm_ablation"):
         ev.load_reference("nope")
 
 

@@ -493,6 +493,42 @@ def test_ablation_setting_overrides_its_stage_two_budget(tmp_path):
     assert set(v for (s, _), v in steps.items() if s == "universal") == {cfg["restorer_steps"]}
 
 
+def test_ablation_tables_keep_variants_whose_names_have_slashes(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.vlmir_ablation import folder_name, score_setting, ship_table
+    from vlmir.io import save_image
+
+    assert folder_name("w/o LoRA") == "wo LoRA" and folder_name("single-token") == "single-token"
+    with pytest.raises(ValueError, match="results folder"):
+        folder_name("gt")
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 1, (2, 16, 16, 3))
+    noise = {"VLMIR": 0.01, "w/o LoRA": 0.05, "w/o captions": 0.2}
+    d = tmp_path / "dataset"
+    for method, sigma in {"gt": 0.0, **noise}.items():
+        for i, img in enumerate(gt):
+            out = np.clip(img + rng.normal(0, sigma, img.shape), 0, 1) if sigma else img
+            folder = "gt" if method == "gt" else folder_name(method)
+            save_image(torch.from_numpy(out).permute(2, 0, 1).float(), d / folder / "noisy" / f"{i}.png")
+    scores = score_setting(d, tmp_path / "out", list(noise), "psnr")
+    psnr = scores[scores.metric == "psnr"].groupby("method")["score"].mean()
+    assert set(psnr.index) == set(noise)  # the "w/o" rows are not lost to nested folders
+    assert psnr["VLMIR"] > psnr["w/o LoRA"] > psnr["w/o captions"]
+    assert "| w/o LoRA |" in (tmp_path / "out" / "table.md").read_text()
+    import eval.reference as er
+
+    er_dir = er.REFERENCE_DIR
+    try:
+        er.REFERENCE_DIR = tmp_path / "ref"
+        er.REFERENCE_DIR.mkdir()
+        import pandas as pd
+
+        shipped = pd.read_csv(ship_table(tmp_path / "out" / "scores.csv", "abl"))
+    finally:
+        er.REFERENCE_DIR = er_dir
+    assert set(shipped.method) == set(noise) and set(shipped.category) == {"noisy", "Overall"}
+
+
 def test_make_dataset_captions_with_a_vlm(tmp_path):
     from PIL import Image
 
