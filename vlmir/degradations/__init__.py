@@ -154,6 +154,7 @@ def degrade(
     types: str | Sequence[str] | None,
     severity: int | Sequence[int] = 3,
     seed: int = 0,
+    randomise: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Degrade ``image`` with one type or a mixture, reproducibly.
 
@@ -164,6 +165,8 @@ def degrade(
             or ``[]`` returns a copy of the clean image.
         severity: 1..5, one int for all types or a list with one per type (in the order of ``types``).
         seed: non-negative int; the same seed gives the same pixels.
+        randomise: draw each type's model and parameters from its domain-randomised family
+            (:mod:`vlmir.degradations.randomised`: several physical models, wide ranges) where it has one.
 
     Returns:
         ``(out, meta)``: ``out`` like ``image``; ``meta`` = ``{"types": [...], "severity": [...], "seed": n,
@@ -185,9 +188,11 @@ def degrade(
         raise ValueError(f"image values must lie in [0, 1], got min {lo:.4g} max {hi:.4g}")
     arr = np.clip(arr, 0.0, 1.0)
     names, sev = sort_physical(names, sev)
-    out = apply_chain(arr, names, sev, seed) if names else arr.copy()
+    out = apply_chain(arr, names, sev, seed, randomise=bool(randomise)) if names else arr.copy()
     word, r = visibility(sev)
     meta = {"types": names, "severity": sev, "seed": seed, "visibility": word, "visibility_score": r}
+    if randomise:
+        meta["randomised"] = True
     return _from_hwc(out, like), meta
 
 

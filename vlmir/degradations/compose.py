@@ -67,12 +67,18 @@ def type_generators(seed: int) -> dict[str, np.random.Generator]:
     return {t: np.random.Generator(np.random.PCG64(int(cs))) for t, cs in zip(DEGRADATIONS, child_seeds, strict=True)}
 
 
-def apply_chain(img: np.ndarray, types: Sequence[str], severities: Sequence[int], seed: int) -> np.ndarray:
-    """Apply already validated, ``APPLY_ORDER``-sorted ``types`` with their ``severities`` to ``img`` (HWC float32)."""
+def apply_chain(img: np.ndarray, types: Sequence[str], severities: Sequence[int], seed: int,
+                randomise: bool = False) -> np.ndarray:
+    """Apply already validated, ``APPLY_ORDER``-sorted ``types`` with their ``severities`` to ``img`` (HWC float32);
+    with ``randomise`` the types that have one use their domain-randomised family
+    (:mod:`vlmir.degradations.randomised`), from the same per-type generators."""
+    from vlmir.degradations import randomised
+
     rngs = type_generators(seed)
     out = img
     for t, s in zip(types, severities, strict=True):
-        out = FAMILIES[t](out, int(s), rngs[t])
+        family = randomised.FAMILIES.get(t, FAMILIES[t]) if randomise else FAMILIES[t]
+        out = family(out, int(s), rngs[t])
     return out
 
 

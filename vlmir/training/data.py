@@ -104,6 +104,9 @@ class DataConfig:
             whites are seen clean and not only as the engine's white holes. 0 (the default) draws nothing extra,
             so older configs give the same samples.
         photos: training photo names (default :data:`TRAIN_PHOTOS`).
+        p_randomised: probability that a degraded sample uses the domain-randomised families
+            (:mod:`vlmir.degradations.randomised`) instead of the default ones. 0 (the default) draws nothing
+            extra, so older configs give the same samples.
     """
 
     crop: int = 128
@@ -117,6 +120,7 @@ class DataConfig:
     type_weights: dict[str, float] | None = None
     p_highlights: float = 0.0
     photos: tuple[str, ...] = field(default_factory=lambda: TRAIN_PHOTOS)
+    p_randomised: float = 0.0
 
     def __post_init__(self) -> None:
         self.window = tuple(self.window)
@@ -125,6 +129,8 @@ class DataConfig:
         self.photos = tuple(self.photos)
         if not 0.0 <= float(self.p_highlights) <= 1.0:
             raise ValueError(f"p_highlights must be a probability in [0, 1], got {self.p_highlights!r}")
+        if not 0.0 <= float(self.p_randomised) <= 1.0:
+            raise ValueError(f"p_randomised must be a probability in [0, 1], got {self.p_randomised!r}")
         if self.type_weights is not None:
             self.type_weights = {str(k): float(v) for k, v in self.type_weights.items()}
             sample_degradation(np.random.default_rng(0), weights=self.type_weights)  # the same checks, now
@@ -228,7 +234,8 @@ class PairSampler:
         cfg = self.config
         spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
                                   severities=cfg.severities, weights=cfg.type_weights)
-        return degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"])
+        randomise = bool(cfg.p_randomised) and bool(self.rng.random() < cfg.p_randomised)  # no draw at 0
+        return degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"], randomise=randomise)
 
     def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
         win, source = self._window()
