@@ -49,7 +49,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks import independent_degradations  # noqa: E402
 
 TYPES: tuple[str, ...] = independent_degradations.TYPES
-ENGINES: tuple[str, ...] = ("independent", "ours")
+ENGINES: tuple[str, ...] = ("independent", "ours", "randomised")
+BOTH: tuple[str, ...] = ("independent", "ours")  # --engine both
 SEVERITIES: tuple[int, ...] = (2, 3)  # classifier and restorer
 RATER_SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 SHORT_SIDE = 256
@@ -77,13 +78,15 @@ def case_seed(photo: str, kind: str) -> int:
 
 
 def degrade_with(engine: str, img: np.ndarray, kind: str, severity: int, seed: int) -> np.ndarray:
-    """``img`` degraded by ``engine`` (``independent`` or ``ours``): float32 (H, W, 3) in [0, 1]."""
+    """``img`` degraded by ``engine``: float32 (H, W, 3) in [0, 1]. ``independent`` is the validation engine,
+    ``ours`` the training engine's default families, ``randomised`` its domain-randomised ones (a stand-in for
+    "another implementation" that may be used for choosing, since training draws from it too)."""
     if engine == "independent":
         return independent_degradations.degrade(img, kind, severity, seed)
-    if engine == "ours":
+    if engine in ("ours", "randomised"):
         from vlmir.degradations import degrade
 
-        return degrade(img, kind, severity, seed=seed)[0]
+        return degrade(img, kind, severity, seed=seed, randomise=engine == "randomised")[0]
     raise ValueError(f"unknown engine {engine!r}; valid engines: {', '.join(ENGINES)}")
 
 
@@ -330,7 +333,7 @@ def evaluate(restorer: Any = "embedded", classifier: Any = "embedded-classifier"
             the same shape), or ``None`` to skip.
         classifier: a registry name, an object with ``classify(x) -> dict[label, prob]``, or ``None``.
         rater: a registry name, an object with ``rate(x) -> dict`` with ``score`` (r in [1, 5]), or ``None``.
-        engine: ``independent`` or ``ours``.
+        engine: ``independent``, ``ours`` or ``randomised`` (see :func:`degrade_with`).
         split: photo split of :mod:`vlmir.training.photos` (``report``, or ``select`` for choosing).
         limit: only the first ``limit`` photos of the split (quick runs).
         short_side: photos are resized so the short side is this many px (default 256).
@@ -440,7 +443,10 @@ def _name_or_none(v: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/generalisation.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=(*ENGINES, "both"), default="both")
+    ap.add_argument("--engine", choices=(*ENGINES, "both"), default="both",
+                    help="both = independent and ours (default); randomised = our engine's randomised families")
+    ap.add_argument("--encoder-weights", default=None, metavar="DIR",
+                    help="build the embedded restorer, classifier and rater on this encoder folder instead")
     ap.add_argument("--split", choices=("report", "select"), default="report")
     ap.add_argument("--restorer", default="embedded", help="registry name, or 'none' to skip (default embedded)")
     ap.add_argument("--classifier", default="embedded-classifier", help="registry name or 'none'")
@@ -455,10 +461,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    engines = ENGINES if args.engine == "both" else (args.engine,)
+    engines = BOTH if args.engine == "both" else (args.engine,)
+    restorer, classifier, rater = (_name_or_none(args.restorer), _name_or_none(args.classifier),
+                                   _name_or_none(args.rater))
+    if args.encoder_weights:  # the embedded models on another encoder (e.g. a refitted view head)
+        from vlmir.models import embedded
+
+        enc = args.encoder_weights
+        restorer = embedded.build_restorer(encoder_path=enc) if restorer == "embedded" else restorer
+        classifier = embedded.build_classifier(path=enc) if classifier == "embedded-classifier" else classifier
+        rater = embedded.build_rater(encoder_path=enc) if rater == "embedded-rater" else rater
     results = {}
     for engine in engines:
-        m = evaluate(_name_or_none(args.restorer), _name_or_none(args.classifier), _name_or_none(args.rater),
+        m = evaluate(restorer, classifier, rater,
                      engine=engine, split=args.split, limit=args.limit, reference=args.reference,
                      with_ssim=args.ssim, log=lambda s: print(s, file=sys.stderr, flush=True))
         m["models"] = {"restorer": args.restorer, "classifier": args.classifier, "rater": args.rater}

@@ -233,3 +233,25 @@ def test_command_line_writes_json(tmp_path, capsys):
     assert ref["clean_psnr_db"] == 100.0  # 'clear' is the identity
     assert ref["per_type"]["hazy"]["gain_db"] > 1.0  # the dark channel prior removes haze
     assert "reference (classical given the true type)" in capsys.readouterr().out
+
+
+def test_randomised_engine_is_ours_randomised(tmp_path, capsys):
+    from vlmir.degradations import degrade
+
+    img = P.photo_image("lion", 48)
+    seed = G.case_seed("lion", "snowy")
+    rnd = G.degrade_with("randomised", img, "snowy", 2, seed)
+    np.testing.assert_array_equal(rnd, degrade(img, "snowy", 2, seed=seed, randomise=True)[0])
+    assert not np.array_equal(rnd, G.degrade_with("ours", img, "snowy", 2, seed))
+    # --encoder-weights builds the embedded classifier on that folder (here: the shipped one, copied)
+    import shutil
+
+    from vlmir.models.embedded import ENCODER_DIR
+
+    enc = tmp_path / "enc"
+    shutil.copytree(ENCODER_DIR, enc)
+    out = tmp_path / "g.json"
+    assert G.main(["--engine", "randomised", "--limit", "1", "--restorer", "none", "--rater", "none",
+                   "--no-reference", "--encoder-weights", str(enc), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert list(res) == ["randomised"] and res["randomised"]["classifier"]["n_images"] == 14
