@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="both = independent and ours (default); randomised = our engine's randomised families")
     ap.add_argument("--encoder-weights", default=None, metavar="DIR",
                     help="build the embedded restorer, classifier and rater on this encoder folder instead")
+    ap.add_argument("--restorer-weights", default=None, metavar="DIR",
+                    help="the embedded restorer's network from this folder instead (with --restorer embedded)")
     ap.add_argument("--split", choices=("report", "select"), default="report")
     ap.add_argument("--restorer", default="embedded", help="registry name, or 'none' to skip (default embedded)")
     ap.add_argument("--classifier", default="embedded-classifier", help="registry name or 'none'")
@@ -464,11 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     engines = BOTH if args.engine == "both" else (args.engine,)
     restorer, classifier, rater = (_name_or_none(args.restorer), _name_or_none(args.classifier),
                                    _name_or_none(args.rater))
-    if args.encoder_weights:  # the embedded models on another encoder (e.g. a refitted view head)
+    if args.encoder_weights or args.restorer_weights:  # the embedded models from other folders (a retrained run)
         from vlmir.models import embedded
 
         enc = args.encoder_weights
-        restorer = embedded.build_restorer(encoder_path=enc) if restorer == "embedded" else restorer
+        restorer = (embedded.build_restorer(path=args.restorer_weights, encoder_path=enc) if restorer == "embedded"
+                    else restorer)
         classifier = embedded.build_classifier(path=enc) if classifier == "embedded-classifier" else classifier
         rater = embedded.build_rater(encoder_path=enc) if rater == "embedded-rater" else rater
     results = {}

@@ -246,12 +246,18 @@ def test_randomised_engine_is_ours_randomised(tmp_path, capsys):
     # --encoder-weights builds the embedded classifier on that folder (here: the shipped one, copied)
     import shutil
 
-    from vlmir.models.embedded import ENCODER_DIR
+    from vlmir.models.embedded import ENCODER_DIR, RESTORER_DIR
 
-    enc = tmp_path / "enc"
+    enc, net = tmp_path / "enc", tmp_path / "net"
     shutil.copytree(ENCODER_DIR, enc)
+    shutil.copytree(RESTORER_DIR, net)
     out = tmp_path / "g.json"
-    assert G.main(["--engine", "randomised", "--limit", "1", "--restorer", "none", "--rater", "none",
-                   "--no-reference", "--encoder-weights", str(enc), "--json", str(out)]) == 0
+    assert G.main(["--engine", "randomised", "--limit", "1", "--restorer", "embedded", "--rater", "none",
+                   "--no-reference", "--no-ssim", "--encoder-weights", str(enc), "--restorer-weights", str(net),
+                   "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert list(res) == ["randomised"] and res["randomised"]["classifier"]["n_images"] == 14
+    # the same weights from other folders give the registry models' numbers
+    same = G.evaluate("embedded", "embedded-classifier", None, engine="randomised", limit=1, with_ssim=False)
+    assert res["randomised"]["restorer"]["mean_gain_db"] == pytest.approx(same["restorer"]["mean_gain_db"], abs=1e-6)
+    assert res["randomised"]["classifier"]["top1"] == same["classifier"]["top1"]
