@@ -521,20 +521,31 @@ def test_config_errors(tmp_path):
     assert main(["train", "rater", "--config", str(good)]) == 1  # kind mismatch is reported, exit code 1
 
 
-def test_shipped_configs_parse():
+def test_shipped_configs_parse(tmp_path):
+    """One staged config per embedded model (its whole recipe); every stage builds its data and model config,
+    and each stage after the first starts from the one before it."""
     from pathlib import Path
+
+    from vlmir.training.pipeline import expand_stages
 
     root = Path(__file__).resolve().parent.parent / "vlmir" / "training" / "configs"
     for kind in ("encoder", "restorer", "rater"):
-        assert load_config(root / f"{kind}.json")["kind"] == kind
-    files = sorted(root.glob("*.json"))
-    assert len(files) >= 6  # the phases of the shipped recipes (model cards) too
+        cfg = load_config(root / f"{kind}.json")
+        assert cfg["kind"] == kind and "stages" in cfg
+        stages = expand_stages(cfg, tmp_path)
+        assert "init_from" not in stages[0][1]  # from scratch
+        for (prev, _), (name, stage) in zip(stages, stages[1:]):
+            assert stage["init_from"] == str(tmp_path / prev / "final"), name
+    files = sorted(root.glob("*.json")) + sorted((root / "experiments").glob("*.json"))
     for path in files:
         cfg = load_config(path)
         assert path.stem.startswith(cfg["kind"].replace("-", "_")), path.name
-        DataConfig(**{"crop": 128, **cfg["data"]})
-        if cfg["kind"] == "restorer":
-            ConditionalRestorer(**cfg["model"])
+        for _, stage in expand_stages(cfg, tmp_path) if "stages" in cfg else [("", cfg)]:
+            DataConfig(**{"crop": 128, **stage["data"]})
+            if cfg["kind"] == "restorer":
+                ConditionalRestorer(**stage["model"])
+            if cfg["kind"] == "encoder":
+                DegradationAwareEncoder(**stage["model"])
 
 
 def test_model_card_states_data_command_and_numbers(tmp_path):
