@@ -261,3 +261,47 @@ def test_randomised_engine_is_ours_randomised(tmp_path, capsys):
     same = G.evaluate("embedded", "embedded-classifier", None, engine="randomised", limit=1, with_ssim=False)
     assert res["randomised"]["restorer"]["mean_gain_db"] == pytest.approx(same["restorer"]["mean_gain_db"], abs=1e-6)
     assert res["randomised"]["classifier"]["top1"] == same["classifier"]["top1"]
+
+
+# -- add-on ablation (benchmarks/addons.py) ----------------------------------------------------------------------
+
+def test_addon_rule_on_hand_cases():
+    from benchmarks.addons import loss_of_switching_off as loss
+
+    assert loss("classifier", {"top1": 0.80}, {"top1": 0.78}) == (pytest.approx(0.02), True)
+    assert loss("classifier", {"top1": 0.80}, {"top1": 0.795})[1] is False
+    assert loss("classifier", {"top1": 0.80}, {"top1": 0.85}) == (pytest.approx(-0.05), False)  # off is better
+    r = {"mean_gain_db": 3.0, "worst_image_gain_db": -1.0}
+    assert loss("restorer", r, {"mean_gain_db": 2.99, "worst_image_gain_db": -1.0})[1] is False
+    assert loss("restorer", r, {"mean_gain_db": 2.94, "worst_image_gain_db": -1.0})[1] is True
+    assert loss("restorer", r, {"mean_gain_db": 3.1, "worst_image_gain_db": -1.4})[1] is True  # the worst image
+    # the rater's Spearman is better when more negative: off at -0.70 against -0.75 shipped loses 0.05
+    assert loss("rater", {"spearman": -0.75}, {"spearman": -0.70}) == (pytest.approx(0.05), True)
+    assert loss("rater", {"spearman": -0.75}, {"spearman": -0.755})[1] is False
+
+
+def test_addon_switches_change_the_shipped_models():
+    """Each switch really turns its add-on off: the output changes where the add-on acts."""
+    import torch
+
+    from benchmarks.addons import VARIANTS, build
+    from vlmir.io import from_numpy
+    from vlmir.degradations import degrade
+
+    torch.manual_seed(0)
+    img = _test_image(128)
+    blurred = from_numpy(degrade(img, "motion-blurry", 3, seed=1)[0])
+    switches = {f"{part}/{name}": fn for part, vs in VARIANTS.items() for name, fn in vs if fn is not None}
+    assert set(switches) == {"classifier/no view_head", "restorer/no deblur", "restorer/no flip_ensemble",
+                             "restorer/no view_head", "rater/no calibration"}
+    shipped = build("classifier", None).classify(blurred)
+    plain = build("classifier", switches["classifier/no view_head"]).classify(blurred)
+    assert max(abs(shipped[k] - plain[k]) for k in shipped) > 1e-4
+    y = build("restorer", None).restore(blurred, degradation="motion-blurry")
+    for name in ("no deblur", "no flip_ensemble"):
+        y_off = build("restorer", switches[f"restorer/{name}"]).restore(blurred, degradation="motion-blurry")
+        assert float((y - y_off).abs().max()) > 1e-4, name
+    assert build("restorer", switches["restorer/no view_head"]).encoder.view_head is None
+    r = build("rater", None).rate(blurred)["score"]
+    r_off = build("rater", switches["rater/no calibration"]).rate(blurred)["score"]
+    assert abs(r - r_off) > 1e-4
