@@ -81,3 +81,34 @@ def test_sampler_draws_randomised_only_when_asked():
     assert any(not np.array_equal(x["lq"], y["lq"]) for x, y in zip(old, rnd, strict=True))
     with pytest.raises(ValueError, match="p_randomised"):
         DataConfig(**base, p_randomised=1.5)
+
+
+def test_given_order_applies_a_mixture_as_listed(photos):
+    img = photos[0]
+    phys, meta = degrade(img, ["jpeg-compressed", "noisy"], 3, seed=5)
+    assert meta["types"] == ["noisy", "jpeg-compressed"] and "order" not in meta  # physical: noise, then codec
+    given, gmeta = degrade(img, ["jpeg-compressed", "noisy"], 3, seed=5, order="given")
+    assert gmeta["types"] == ["jpeg-compressed", "noisy"] and gmeta["order"] == "given"
+    # noise after the codec is not blocked by it: the two orders give different pixels
+    assert psnr(phys, given) < 40
+    same, _ = degrade(img, ["noisy", "jpeg-compressed"], 3, seed=5, order="given")
+    np.testing.assert_array_equal(same, phys)  # listed in the physical order, "given" changes nothing
+    with pytest.raises(ValueError, match="order"):
+        degrade(img, "noisy", 3, order="shuffled")
+
+
+def test_sampler_shuffles_mixtures_only_when_asked():
+    base = dict(crop=32, window=(48, 64), p_clean=0.0, p_procedural=0.0, p_mixture=1.0, max_types=3,
+                photos=("astronaut", "camera"))
+    old = PairSampler(DataConfig(**base), seed=2).sample_images(6)
+    again = PairSampler(DataConfig(**base, p_random_order=0.0), seed=2).sample_images(6)
+    for x, y in zip(old, again, strict=True):  # p_random_order 0 leaves older configs' samples as they were
+        np.testing.assert_array_equal(x["lq"], y["lq"])
+    from vlmir.degradations import APPLY_ORDER
+
+    shuffled = PairSampler(DataConfig(**base, p_random_order=1.0), seed=2).sample_images(12)
+    orders = [s["types"] for s in shuffled]
+    assert all(len(t) >= 2 for t in orders)
+    assert any(t != sorted(t, key=APPLY_ORDER.index) for t in orders)  # some mixtures out of physical order
+    with pytest.raises(ValueError, match="p_random_order"):
+        DataConfig(**base, p_random_order=-0.1)

@@ -60,6 +60,7 @@ __all__ = [
     "APPLY_ORDER",
     "DEGRADATIONS",
     "LEVELS",
+    "ORDERS",
     "combined_severity",
     "degrade",
     "parse_types",
@@ -68,6 +69,7 @@ __all__ = [
 ]
 
 MIN_SIZE = 8  # smallest accepted height/width in pixels
+ORDERS: tuple[str, ...] = ("physical", "given")  # how degrade() orders a mixture
 
 
 def _unknown_type(name: object) -> ValueError:
@@ -155,6 +157,7 @@ def degrade(
     severity: int | Sequence[int] = 3,
     seed: int = 0,
     randomise: bool = False,
+    order: str = "physical",
 ) -> tuple[Any, dict[str, Any]]:
     """Degrade ``image`` with one type or a mixture, reproducibly.
 
@@ -167,16 +170,22 @@ def degrade(
         seed: non-negative int; the same seed gives the same pixels.
         randomise: draw each type's model and parameters from its domain-randomised family
             (:mod:`vlmir.degradations.randomised`: several physical models, wide ranges) where it has one.
+        order: ``"physical"`` (default) applies a mixture in :data:`APPLY_ORDER` (scene and weather, optics, blur,
+            sensor noise, codec, holes); ``"given"`` applies it in the order of ``types``, as Real-ESRGAN-style
+            pipelines shuffle their steps (noise before blur, a codec before rain), so a model also sees orders
+            that a physical camera would not produce.
 
     Returns:
         ``(out, meta)``: ``out`` like ``image``; ``meta`` = ``{"types": [...], "severity": [...], "seed": n,
         "visibility": word, "visibility_score": r}`` with the types in the order they were applied
-        (:data:`APPLY_ORDER`) and the visibility from :func:`visibility`.
+        (:data:`APPLY_ORDER`, or as given with ``order="given"``) and the visibility from :func:`visibility`.
 
     Raises:
-        ValueError: unknown type (with close matches), severity outside 1..5, bad seed, or an image that is not
-        float (H, W, 3) / (1, 3, H, W) in [0, 1].
+        ValueError: unknown type (with close matches), severity outside 1..5, bad seed, unknown order, or an image
+        that is not float (H, W, 3) / (1, 3, H, W) in [0, 1].
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     names = parse_types(types)
     sev = _parse_severity(severity, len(names)) if names else []
     seed = _check_seed(seed)
@@ -187,12 +196,15 @@ def degrade(
     if not (lo >= -1e-6 and hi <= 1 + 1e-6):  # also rejects NaN
         raise ValueError(f"image values must lie in [0, 1], got min {lo:.4g} max {hi:.4g}")
     arr = np.clip(arr, 0.0, 1.0)
-    names, sev = sort_physical(names, sev)
+    if order == "physical":
+        names, sev = sort_physical(names, sev)
     out = apply_chain(arr, names, sev, seed, randomise=bool(randomise)) if names else arr.copy()
     word, r = visibility(sev)
     meta = {"types": names, "severity": sev, "seed": seed, "visibility": word, "visibility_score": r}
     if randomise:
         meta["randomised"] = True
+    if order != "physical":
+        meta["order"] = order
     return _from_hwc(out, like), meta
 
 

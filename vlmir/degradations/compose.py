@@ -1,7 +1,7 @@
 """Mixtures of degradations: the physical order they are applied in, per-type seeding and the visibility rule.
 
 Order. A capture is degraded along the light path, so a mixture is applied in this fixed order whatever order
-the caller lists it in (``APPLY_ORDER``):
+the caller lists it in (``APPLY_ORDER``), unless ``degrade(..., order="given")`` asks for the caller's order:
 
 1. the scene and the atmosphere: ``shadowed`` (illumination), ``hazy`` (scattering), ``rainy`` and ``snowy``
    (particles in the air);
@@ -69,7 +69,7 @@ def type_generators(seed: int) -> dict[str, np.random.Generator]:
 
 def apply_chain(img: np.ndarray, types: Sequence[str], severities: Sequence[int], seed: int,
                 randomise: bool = False) -> np.ndarray:
-    """Apply already validated, ``APPLY_ORDER``-sorted ``types`` with their ``severities`` to ``img`` (HWC float32);
+    """Apply already validated ``types`` (in the order given, normally ``APPLY_ORDER``) with their ``severities`` to ``img`` (HWC float32);
     with ``randomise`` the types that have one use their domain-randomised family
     (:mod:`vlmir.degradations.randomised`), from the same per-type generators."""
     from vlmir.degradations import randomised

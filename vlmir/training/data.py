@@ -107,6 +107,9 @@ class DataConfig:
         p_randomised: probability that a degraded sample uses the domain-randomised families
             (:mod:`vlmir.degradations.randomised`) instead of the default ones. 0 (the default) draws nothing
             extra, so older configs give the same samples.
+        p_random_order: probability that a mixture is applied in the random order it was drawn in
+            (``degrade(..., order="given")``, Real-ESRGAN-style shuffled steps) instead of the physical order.
+            0 (the default) draws nothing extra, so older configs give the same samples.
     """
 
     crop: int = 128
@@ -121,6 +124,7 @@ class DataConfig:
     p_highlights: float = 0.0
     photos: tuple[str, ...] = field(default_factory=lambda: TRAIN_PHOTOS)
     p_randomised: float = 0.0
+    p_random_order: float = 0.0
 
     def __post_init__(self) -> None:
         self.window = tuple(self.window)
@@ -131,6 +135,8 @@ class DataConfig:
             raise ValueError(f"p_highlights must be a probability in [0, 1], got {self.p_highlights!r}")
         if not 0.0 <= float(self.p_randomised) <= 1.0:
             raise ValueError(f"p_randomised must be a probability in [0, 1], got {self.p_randomised!r}")
+        if not 0.0 <= float(self.p_random_order) <= 1.0:
+            raise ValueError(f"p_random_order must be a probability in [0, 1], got {self.p_random_order!r}")
         if self.type_weights is not None:
             self.type_weights = {str(k): float(v) for k, v in self.type_weights.items()}
             sample_degradation(np.random.default_rng(0), weights=self.type_weights)  # the same checks, now
@@ -235,7 +241,10 @@ class PairSampler:
         spec = sample_degradation(self.rng, p_clean=cfg.p_clean, p_mixture=cfg.p_mixture, max_types=cfg.max_types,
                                   severities=cfg.severities, weights=cfg.type_weights)
         randomise = bool(cfg.p_randomised) and bool(self.rng.random() < cfg.p_randomised)  # no draw at 0
-        return degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"], randomise=randomise)
+        shuffled = (len(spec["types"]) > 1 and bool(cfg.p_random_order)
+                    and bool(self.rng.random() < cfg.p_random_order))  # no draw at 0 or for a single type
+        return degrade(img, spec["types"], spec["severity"] or 1, seed=spec["seed"], randomise=randomise,
+                       order="given" if shuffled else "physical")
 
     def _degraded_window(self) -> tuple[np.ndarray, np.ndarray, dict, str]:
         win, source = self._window()
