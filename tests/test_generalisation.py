@@ -305,3 +305,34 @@ def test_addon_switches_change_the_shipped_models():
     r = build("rater", None).rate(blurred)["score"]
     r_off = build("rater", switches["rater/no calibration"]).rate(blurred)["score"]
     assert abs(r - r_off) > 1e-4
+
+
+# -- rater-guarded restoration (benchmarks/restorer_guard.py) ----------------------------------------------------
+
+def test_guard_choice_and_policy_metrics_on_hand_cases():
+    from benchmarks.restorer_guard import choose, policies, policy_metrics, verdict
+
+    s = {"input": 3.0, "restored": 2.8, "second": 3.4}
+    assert choose(s, ("restored",), 0.0) == "restored"
+    assert choose(s, ("input", "restored"), 0.1) == "input" and choose(s, ("input", "restored"), 0.2) == "restored"
+    assert choose(s, ("input", "restored", "second"), 0.5) == "second"
+    assert choose(s, ("input", "restored", "second"), 0.6) == "restored"  # not enough above restored
+    assert choose({"input": 2.0, "restored": 2.0, "second": 2.0}, ("input", "restored", "second"), 0.0) == "restored"
+    assert set(policies()) >= {"plain", "guard-input@0", "guard-all@0.25"}
+    rows = [  # a wrong prior (-5 dB) that the rater sees, and a good restore that it rates lower than the input
+        {"photo": "a", "type": "snowy", "severity": 2, "psnr_in": 20.0, "psnr_input": 20.0, "psnr_restored": 15.0,
+         "psnr_second": 23.0, "r_input": 3.0, "r_restored": 2.0, "r_second": 3.5},
+        {"photo": "a", "type": "hazy", "severity": 2, "psnr_in": 20.0, "psnr_input": 20.0, "psnr_restored": 26.0,
+         "psnr_second": 21.0, "r_input": 3.2, "r_restored": 3.0, "r_second": 2.0},
+        {"photo": "a", "type": "clear", "severity": 0, "psnr_in": 100.0, "psnr_input": 100.0,
+         "psnr_restored": 50.0, "psnr_second": 40.0, "r_input": 4.0, "r_restored": 4.5, "r_second": 4.0}]
+    plain = policy_metrics(rows, ("restored",), 0.0)
+    assert plain["mean_gain_db"] == pytest.approx(0.5) and plain["worst_image_gain_db"] == pytest.approx(-5.0)
+    assert plain["clean_psnr_min_db"] == pytest.approx(50.0)
+    g = policy_metrics(rows, ("input", "restored", "second"), 0.1)
+    assert g["kept"] == {"input": 1, "restored": 1, "second": 1}  # second on snowy, input on hazy (3.2 > 3.1)
+    assert g["mean_gain_db"] == pytest.approx((3.0 + 0.0) / 2) and g["worst_image_gain_db"] == pytest.approx(0.0)
+    res = {e: {"plain": plain, "guard-all@0.1": g} for e in ("randomised", "ours")}
+    assert verdict(res) == {"passing": ["guard-all@0.1"], "chosen": "guard-all@0.1"}
+    worse = dict(g, mean_gain_db=plain["mean_gain_db"] - 0.2)  # more than 0.1 dB lower on randomised
+    assert verdict({"randomised": {"plain": plain, "g": worse}, "ours": {"plain": plain, "g": g}})["chosen"] is None
