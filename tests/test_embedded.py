@@ -310,3 +310,41 @@ def test_fallback_is_read_from_the_restorer_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"fallback": {"lo": 0.9, "hi": 0.1}}))
     with pytest.raises(ValueError, match="bad fallback entry"):
         load_fallback(tmp_path)
+
+
+def test_inference_options_are_read_from_the_restorer_config_and_act(tmp_path):
+    """The restorer folder's ``inference`` entry sets the type source, flip passes and deblurring stage; each acts:
+    "views" decides from the plain mean of the views, deblur false skips the stage."""
+    from vlmir.models.embedded import INFERENCE_DEFAULTS, load_inference
+
+    assert load_inference(tmp_path) == INFERENCE_DEFAULTS
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"inference": {"types": "views", "ensemble": 1, "deblur": False, "chosen_on": "select split"}}))
+    assert load_inference(tmp_path) == {"types": "views", "ensemble": 1, "deblur": False}
+    for bad, match in (({"types": "plain"}, "types must be"), ({"ensemble": 3}, "ensemble"),
+                       ({"deblur": "no"}, "deblur must be"), ({"tau": 1}, "unknown keys")):
+        (tmp_path / "config.json").write_text(json.dumps({"inference": bad}))
+        with pytest.raises(ValueError, match=match):
+            load_inference(tmp_path)
+
+    torch.manual_seed(0)
+    enc = DegradationAwareEncoder(view_head=True).eval()
+    with torch.no_grad():
+        enc.view_head.linear.weight.normal_(0, 2.0)  # a view head that disagrees with the plain mean of views
+    net = ConditionalRestorer(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), prior=True,
+                              deblur_radius=2).eval()
+    with torch.no_grad():
+        net.deblur.weights.add_(0.3)
+    x = torch.rand(1, 3, 96, 128) * 0.6
+    f = enc.embed(x)
+    head, plain = EmbeddedRestorer(enc, net, random_weights=True), EmbeddedRestorer(enc, net, random_weights=True,
+                                                                                    types="views")
+    assert torch.allclose(torch.tensor(list(head.type_probabilities(x).values())), f["type_logits"].softmax(-1)[0])
+    assert torch.allclose(torch.tensor(list(plain.type_probabilities(x).values())), f["logits"].softmax(-1)[0])
+    assert not torch.allclose(f["type_logits"], f["logits"])
+    on = EmbeddedRestorer(enc, net, random_weights=True)
+    off = EmbeddedRestorer(enc, net, random_weights=True, deblur=False)
+    y_on, y_off = on.restore(x, degradation="motion-blurry"), off.restore(x, degradation="motion-blurry")
+    assert float((y_on - y_off).abs().max()) > 1e-4 and off.deblur_weight(1.0, None) == 0.0
+    with pytest.raises(ValueError, match="types must be"):
+        EmbeddedRestorer(enc, net, random_weights=True, types="plain")

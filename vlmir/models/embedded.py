@@ -116,19 +116,54 @@ def load_restorer(path: str | Path | None = None, *, allow_random: bool = True, 
     return net, rnd
 
 
-def load_fallback(path: str | Path | None = None, default_dir: Path = RESTORER_DIR) -> Fallback:
-    """The :class:`Fallback` in a restorer folder's ``config.json`` (its ``fallback`` entry; absent: the hard
-    choice)."""
+def _restorer_config(path: str | Path | None, default_dir: Path) -> tuple[Path, dict[str, Any]]:
     folder = Path(path) if path is not None else default_dir
     if folder.is_file():
         folder = folder.parent
     config = folder / "config.json"
-    if not config.is_file():
-        return Fallback()
+    return config, (json.loads(config.read_text()) if config.is_file() else {})
+
+
+def load_fallback(path: str | Path | None = None, default_dir: Path = RESTORER_DIR) -> Fallback:
+    """The :class:`Fallback` in a restorer folder's ``config.json`` (its ``fallback`` entry; absent: the hard
+    choice)."""
+    config, cfg = _restorer_config(path, default_dir)
     try:
-        return Fallback.from_config(json.loads(config.read_text()).get("fallback"))
+        return Fallback.from_config(cfg.get("fallback"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"bad fallback entry in {config}: {e}") from e
+
+
+# how a restorer folder's config.json may set the inference of a blind restore (its "inference" entry):
+# "types": which encoder logits decide the prior's type and the deblurring weight ("view_head": the encoder's
+# image-level type logits, i.e. its view head when it has one; "views": the plain mean of the views' cosine
+# logits); "ensemble": the default flip passes; "deblur": whether the deblurring stage runs; "chosen_on": a note
+INFERENCE_DEFAULTS: dict[str, Any] = {"types": "view_head", "ensemble": DEFAULT_ENSEMBLE, "deblur": True}
+TYPE_SOURCES = {"view_head": "type_logits", "views": "logits"}
+
+
+def load_inference(path: str | Path | None = None, default_dir: Path = RESTORER_DIR) -> dict[str, Any]:
+    """The inference options in a restorer folder's ``config.json`` (:data:`INFERENCE_DEFAULTS` updated by its
+    ``inference`` entry; absent: the defaults). An unknown key or value is an error naming the valid ones."""
+    config, cfg = _restorer_config(path, default_dir)
+    block = cfg.get("inference") or {}
+    if not isinstance(block, dict):
+        raise ValueError(f"bad inference entry in {config}: must be a mapping, got {block!r}")
+    unknown = set(block) - set(INFERENCE_DEFAULTS) - {"chosen_on"}
+    if unknown:
+        raise ValueError(f"bad inference entry in {config}: unknown keys {sorted(unknown)}; valid: "
+                         f"{', '.join(INFERENCE_DEFAULTS)}, chosen_on")
+    out = {**INFERENCE_DEFAULTS, **{k: v for k, v in block.items() if k != "chosen_on"}}
+    if out["types"] not in TYPE_SOURCES:
+        raise ValueError(f"bad inference entry in {config}: types must be one of {', '.join(TYPE_SOURCES)}, "
+                         f"got {out['types']!r}")
+    if not isinstance(out["deblur"], bool):
+        raise ValueError(f"bad inference entry in {config}: deblur must be true or false, got {out['deblur']!r}")
+    try:
+        out["ensemble"] = _check_ensemble(out["ensemble"])
+    except ValueError as e:
+        raise ValueError(f"bad inference entry in {config}: {e}") from e
+    return out
 
 
 def load_rater_head(path: str | Path | None = None, *, allow_random: bool = True, device: str = "cpu",
@@ -314,16 +349,25 @@ class EmbeddedRestorer:
 
     ``fallback`` (:class:`Fallback`) decides how a blind restore uses the encoder's type probabilities: the prior of
     the top type, a blend of the top-2 types' outputs, and a move towards the input when the top probability is low.
+
+    ``types`` says which of the encoder's logits give those probabilities: ``"view_head"`` (its image-level type
+    logits, from its view head when it has one) or ``"views"`` (the plain mean of the views' cosine logits).
+    ``deblur`` switches the network's deblurring stage on or off.
     """
 
     def __init__(self, encoder: DegradationAwareEncoder, net: ConditionalRestorer, *, random_weights: bool,
-                 name: str = "embedded", ensemble: int = 1, fallback: Fallback | None = None) -> None:
+                 name: str = "embedded", ensemble: int = 1, fallback: Fallback | None = None,
+                 types: str = "view_head", deblur: bool = True) -> None:
+        if types not in TYPE_SOURCES:
+            raise ValueError(f"types must be one of {', '.join(TYPE_SOURCES)}, got {types!r}")
         self.encoder = encoder
         self.net = net
         self.random_weights = random_weights
         self.name = name
         self.ensemble = _check_ensemble(ensemble)
         self.fallback = fallback if fallback is not None else Fallback()
+        self.types = types
+        self.deblur = bool(deblur)
 
     @property
     def device(self) -> torch.device:
@@ -336,8 +380,9 @@ class EmbeddedRestorer:
 
     def deblur_weight(self, p_blur: float, degradation: str | None) -> float:
         """``w`` of the deblurring stage (:class:`~vlmir.models.restorer.RingFilter`): 0 for a network without
-        one, else 1 or 0 when the type is given, else the encoder's probability of ``motion-blurry``."""
-        if self.net.deblur is None:
+        one or with :attr:`deblur` off, else 1 or 0 when the type is given, else the encoder's probability of
+        ``motion-blurry``."""
+        if self.net.deblur is None or not self.deblur:
             return 0.0
         if degradation is not None:
             return 1.0 if degradation == BLUR else 0.0
@@ -350,7 +395,7 @@ class EmbeddedRestorer:
         f = self.encoder.embed(x)
         cond = torch.cat([F.normalize(f["content"], dim=-1), F.normalize(f["degradation"], dim=-1)], dim=-1)
         names = self.encoder.degradation_names
-        p = f["type_logits"].softmax(-1)[0]
+        p = f[TYPE_SOURCES[self.types]].softmax(-1)[0]
         p_blur = float(p[names.index(BLUR)]) if BLUR in names else 0.0
         return cond, {n: float(v) for n, v in zip(names, p.tolist(), strict=True)}, p_blur
 
@@ -485,8 +530,11 @@ def build_restorer(device: str = "cpu", path: str | Path | None = None, encoder_
                    **_: Any) -> EmbeddedRestorer:
     enc, rnd_e = load_encoder(encoder_path, device=device)
     net, rnd_r = load_restorer(path, device=device, cond_dim=2 * enc.config["embed_dim"])
-    return EmbeddedRestorer(enc, net, random_weights=rnd_e or rnd_r, ensemble=DEFAULT_ENSEMBLE,
-                            fallback=None if rnd_r else load_fallback(path))
+    if rnd_r:
+        return EmbeddedRestorer(enc, net, random_weights=True, ensemble=DEFAULT_ENSEMBLE)
+    opts = load_inference(path)
+    return EmbeddedRestorer(enc, net, random_weights=rnd_e, ensemble=opts["ensemble"], fallback=load_fallback(path),
+                            types=opts["types"], deblur=opts["deblur"])
 
 
 def build_wresvlm_lite(device: str = "cpu", path: str | Path | None = None, encoder_path: str | Path | None = None,
