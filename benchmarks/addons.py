@@ -1,22 +1,23 @@
 """Does each add-on of the embedded models earn its place? Each one switched off at inference, on the select split.
 
 The shipped models carry inference-time add-ons on top of their networks. This benchmark builds the shipped
-models, switches one add-on off at a time, and runs :func:`benchmarks.generalisation.evaluate` on every variant:
+models, changes one thing at a time, and runs :func:`benchmarks.generalisation.evaluate` on every variant:
 
-- classifier ``view_head``: the linear view head over the views' logits, statistics and hole statistics; off =
-  DA-CLIP's plain mean of the views' cosine logits;
-- restorer ``deblur``: the deblurring ring filter weighted by p(motion-blurry); off = the network's output;
-- restorer ``flip_ensemble``: the two-pass flip self-ensemble; off = one pass;
-- restorer ``view_head``: the restorer's type decision (prior, deblurring weight) from the view head; off = from
-  the plain mean of views;
-- rater ``calibration``: the per-type calibration of the score with the severity network's term; off = the head's
-  own score r = sum_i i p_i.
+- classifier ``no view_head``: DA-CLIP's plain mean of the views' cosine logits instead of the linear view head
+  over the views' logits, statistics and hole statistics;
+- restorer ``no deblur``: the network's output without the deblurring ring filter weighted by p(motion-blurry);
+- restorer ``no flip_ensemble``: one pass instead of the two-pass flip self-ensemble;
+- restorer ``view-head types``: the prior's type and the deblurring weight from the encoder's view head (the
+  previous release) instead of the plain mean of views (shipped since the first run of this benchmark);
+- restorer ``no deblur, no flip_ensemble``: both of the restorer's remaining add-ons off together.
+
+The first run (model cards) also switched off the rater's per-type calibration and severity network, which were
+then removed from the shipped rater; ``vlmir/training/configs/experiments/rater_calibrated.json`` rebuilds them.
 
 Rule (fixed before the first run): an add-on stays when switching it off loses on the select split with the
 randomised engine at least 0.01 top-1 (classifier), 0.05 dB mean gain or 0.3 dB on the worst image (restorer),
-0.01 Spearman (rater, more negative is better), or loses as much with our engine. Otherwise it is a candidate for
-removal. The report split is not used here; its numbers for the shipped models come from
-``benchmarks/generalisation.py``.
+or loses as much with our engine. Otherwise it is a candidate for removal. The report split is not used here;
+its numbers for the shipped models come from ``benchmarks/generalisation.py``.
 
 Run::
 
@@ -39,9 +40,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from benchmarks.generalisation import evaluate  # noqa: E402
 
-PARTS = ("classifier", "restorer", "rater")
+PARTS = ("classifier", "restorer")
 # (part, variant name, switch) with switch(model) -> the model with that add-on off (None: the shipped model)
 THRESHOLDS = {"classifier": ("top1", 0.01), "restorer": ("mean_gain_db", 0.05), "rater": ("spearman", 0.01)}
+# (the rater's threshold is kept for loss_of_switching_off: its first run measured the rater's calibration)
 WORST_DB = 0.3
 
 
@@ -60,17 +62,16 @@ def _one_pass(model: Any) -> Any:
     return model
 
 
-def _no_calibration(model: Any) -> Any:
-    model.head.calibration = None
-    model.head.severity = None
+def _view_head_types(model: Any) -> Any:
+    model.types = "view_head"
     return model
 
 
 VARIANTS: dict[str, list[tuple[str, Callable[[Any], Any] | None]]] = {
     "classifier": [("shipped", None), ("no view_head", _plain_types)],
     "restorer": [("shipped", None), ("no deblur", _no_deblur), ("no flip_ensemble", _one_pass),
-                 ("no view_head", _plain_types)],
-    "rater": [("shipped", None), ("no calibration", _no_calibration)],
+                 ("view-head types", _view_head_types),
+                 ("no deblur, no flip_ensemble", lambda m: _no_deblur(_one_pass(m)))],
 }
 
 
@@ -78,7 +79,7 @@ def build(part: str, switch: Callable[[Any], Any] | None) -> Any:
     """A freshly built shipped model of ``part`` with ``switch`` applied."""
     from vlmir.registry import create_model
 
-    name = {"classifier": "embedded-classifier", "restorer": "embedded", "rater": "embedded-rater"}[part]
+    name = {"classifier": "embedded-classifier", "restorer": "embedded"}[part]
     model = create_model(name, task=part)
     return switch(model) if switch is not None else model
 
@@ -105,12 +106,15 @@ def loss_of_switching_off(part: str, shipped: dict[str, float], off: dict[str, f
 
 
 def run(parts: tuple[str, ...] = PARTS, engines: tuple[str, ...] = ("randomised", "ours"), split: str = "select",
-        limit: int | None = None, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Every variant of ``parts`` on ``engines``: ``{part: {variant: {engine: summary}}}`` plus ``verdicts``."""
+        limit: int | None = None, log: Callable[[str], Any] = print,
+        variants: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every variant of ``parts`` (only ``variants`` by name, with ``shipped``, when given) on ``engines``:
+    ``{part: {variant: {engine: summary}}}`` plus ``verdicts``."""
     out: dict[str, Any] = {"split": split, "engines": list(engines), "results": {}, "verdicts": {}}
     for part in parts:
         res = out["results"].setdefault(part, {})
-        for variant, switch in VARIANTS[part]:
+        chosen = [(v, f) for v, f in VARIANTS[part] if variants is None or v == "shipped" or v in variants]
+        for variant, switch in chosen:
             for engine in engines:
                 t0 = time.perf_counter()
                 model = build(part, switch)
@@ -120,7 +124,7 @@ def run(parts: tuple[str, ...] = PARTS, engines: tuple[str, ...] = ("randomised"
                 log(f"{part:10s} {variant:18s} {engine:10s} "
                     + " ".join(f"{k} {v:+.3f}" for k, v in res[variant][engine].items())
                     + f" ({time.perf_counter() - t0:.0f} s)")
-        for variant, _ in VARIANTS[part][1:]:
+        for variant, _ in chosen[1:]:
             per_engine = {e: loss_of_switching_off(part, res["shipped"][e], res[variant][e]) for e in engines}
             out["verdicts"][f"{part}: {variant}"] = {
                 "loss_when_off": {e: v[0] for e, v in per_engine.items()},
@@ -137,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("select", "report"), default="select",
                     help="select (default; for choosing). report only to show, never to choose")
     ap.add_argument("--limit", type=int, default=None, help="only the first N photos of the split")
+    ap.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                    help="only these variants (and shipped), e.g. 'no deblur'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, metavar="OUT")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    out = run(tuple(args.parts), tuple(args.engines), args.split, args.limit)
+    out = run(tuple(args.parts), tuple(args.engines), args.split, args.limit,
+              variants=tuple(args.variants) if args.variants else None)
     for name, v in out["verdicts"].items():
         losses = ", ".join(f"{e} {x:+.3f}" for e, x in v["loss_when_off"].items())
         print(f"{name}: loss when off {losses} -> {'keep' if v['keep'] else 'candidate for removal'}")

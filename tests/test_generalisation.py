@@ -281,30 +281,31 @@ def test_addon_rule_on_hand_cases():
 
 
 def test_addon_switches_change_the_shipped_models():
-    """Each switch really turns its add-on off: the output changes where the add-on acts."""
+    """Each switch really changes its model: the output changes where the add-on acts."""
     import torch
 
     from benchmarks.addons import VARIANTS, build
-    from vlmir.io import from_numpy
     from vlmir.degradations import degrade
+    from vlmir.io import from_numpy
 
     torch.manual_seed(0)
     img = _test_image(128)
     blurred = from_numpy(degrade(img, "motion-blurry", 3, seed=1)[0])
     switches = {f"{part}/{name}": fn for part, vs in VARIANTS.items() for name, fn in vs if fn is not None}
     assert set(switches) == {"classifier/no view_head", "restorer/no deblur", "restorer/no flip_ensemble",
-                             "restorer/no view_head", "rater/no calibration"}
+                             "restorer/view-head types", "restorer/no deblur, no flip_ensemble"}
     shipped = build("classifier", None).classify(blurred)
     plain = build("classifier", switches["classifier/no view_head"]).classify(blurred)
     assert max(abs(shipped[k] - plain[k]) for k in shipped) > 1e-4
-    y = build("restorer", None).restore(blurred, degradation="motion-blurry")
-    for name in ("no deblur", "no flip_ensemble"):
-        y_off = build("restorer", switches[f"restorer/{name}"]).restore(blurred, degradation="motion-blurry")
+    restorer = build("restorer", None)
+    assert restorer.types == "views"  # the shipped restorer decides from the plain mean of views
+    y = restorer.restore(blurred)
+    for name in ("no deblur", "no flip_ensemble", "no deblur, no flip_ensemble"):
+        y_off = build("restorer", switches[f"restorer/{name}"]).restore(blurred)
         assert float((y - y_off).abs().max()) > 1e-4, name
-    assert build("restorer", switches["restorer/no view_head"]).encoder.view_head is None
-    r = build("rater", None).rate(blurred)["score"]
-    r_off = build("rater", switches["rater/no calibration"]).rate(blurred)["score"]
-    assert abs(r - r_off) > 1e-4
+    other = build("restorer", switches["restorer/view-head types"])
+    p_views, p_head = restorer.type_probabilities(blurred), other.type_probabilities(blurred)
+    assert max(abs(p_views[k] - p_head[k]) for k in p_views) > 1e-4
 
 
 # -- rater-guarded restoration (benchmarks/restorer_guard.py) ----------------------------------------------------
