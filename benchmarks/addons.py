@@ -28,7 +28,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.generalisation import evaluate  # noqa: E402
+from benchmarks.generalisation import evaluate, write_json  # noqa: E402
 
 PARTS = ("classifier", "restorer")
 # (part, variant name, switch) with switch(model) -> the model with that add-on off (None: the shipped model)
@@ -154,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in out["verdicts"].items():
         losses = ", ".join(f"{e} {x:+.3f}" for e, x in v["loss_when_off"].items())
         print(f"{name}: loss when off {losses} -> {'keep' if v['keep'] else 'candidate for removal'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0
 
 

@@ -436,6 +436,16 @@ def format_report(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str | Path | None, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path``, creating its folder; nothing when ``path`` is None (no
+    ``--json``)."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
 def _name_or_none(v: str) -> str | None:
     return None if v.lower() == "none" else v
 

@@ -28,7 +28,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.generalisation import CLEAR, SEVERITIES, build_cases, photo_names, restorer_metrics  # noqa: E402
+from benchmarks.generalisation import CLEAR, SEVERITIES, build_cases, photo_names, restorer_metrics, write_json  # noqa: E402
 
 CANDIDATES = ("input", "restored", "second")
 MARGINS = (0.0, 0.1, 0.25, 0.5)
@@ -161,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.split == "select" and {"randomised", "ours"} <= set(args.engines):
         out["verdict"] = verdict(out["results"])
         print(f"rule: passing {out['verdict']['passing'] or 'none'}; chosen {out['verdict']['chosen']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     return 0
 
 

@@ -534,7 +534,7 @@ def test_shipped_configs_parse(tmp_path):
         assert cfg["kind"] == kind and "stages" in cfg
         stages = expand_stages(cfg, tmp_path)
         assert "init_from" not in stages[0][1]  # from scratch
-        for (prev, _), (name, stage) in zip(stages, stages[1:]):
+        for (prev, _), (name, stage) in zip(stages, stages[1:], strict=False):
             assert stage["init_from"] == str(tmp_path / prev / "final"), name
     files = sorted(root.glob("*.json")) + sorted((root / "experiments").glob("*.json"))
     for path in files:
