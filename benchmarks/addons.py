@@ -40,7 +40,6 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks.generalisation import evaluate, write_json  # noqa: E402
 
 PARTS = ("classifier", "restorer")
-# (part, variant name, switch) with switch(model) -> the model with that add-on off (None: the shipped model)
 THRESHOLDS = {"classifier": ("top1", 0.01), "restorer": ("mean_gain_db", 0.05), "rater": ("spearman", 0.01)}
 # (the rater's threshold is kept for loss_of_switching_off: its first run measured the rater's calibration)
 WORST_DB = 0.3
@@ -66,6 +65,7 @@ def _view_head_types(model: Any) -> Any:
     return model
 
 
+# part -> [(variant name, switch)], switch(model) -> the model with that add-on off (None: the shipped model)
 VARIANTS: dict[str, list[tuple[str, Callable[[Any], Any] | None]]] = {
     "classifier": [("shipped", None), ("no view_head", _plain_types)],
     "restorer": [("shipped", None), ("no deblur", _no_deblur), ("no flip_ensemble", _one_pass),

@@ -68,8 +68,6 @@ def score_images(restorer: Any, rater: Any, clean: dict[str, np.ndarray], cases:
                  ) -> list[dict[str, Any]]:
     """Per image (the degraded cases of :data:`SEVERITIES`, then each clean photo as type ``clear``): PSNR to the
     clean photo and the rating r of every candidate."""
-    import torch
-
     from vlmir.io import from_numpy
     from vlmir.training.evaluate import psnr
 
@@ -80,13 +78,11 @@ def score_images(restorer: Any, rater: Any, clean: dict[str, np.ndarray], cases:
         x, ref = from_numpy(lq), from_numpy(clean[photo])
         probs = restorer.type_probabilities(x)
         ranked = sorted(probs, key=probs.get, reverse=True)
-        second = next(t for t in ranked[1:] if t != CLEAR) if ranked[0] != CLEAR else ranked[1]
-        outs = {"input": x, "restored": restorer.restore(x),
-                "second": restorer.restore(x, prior_type=second) if second != CLEAR else x}
-        with torch.no_grad():
-            rows.append({"photo": photo, "type": kind, "severity": sev, "second_type": second,
-                         "psnr_in": psnr(x, ref), **{f"psnr_{c}": psnr(y, ref) for c, y in outs.items()},
-                         **{f"r_{c}": float(rater.rate(y)["score"]) for c, y in outs.items()}})
+        second = next(t for t in ranked if t not in (CLEAR, ranked[0]))  # the runner-up degradation type
+        outs = {"input": x, "restored": restorer.restore(x), "second": restorer.restore(x, prior_type=second)}
+        rows.append({"photo": photo, "type": kind, "severity": sev, "second_type": second,
+                     "psnr_in": psnr(x, ref), **{f"psnr_{c}": psnr(y, ref) for c, y in outs.items()},
+                     **{f"r_{c}": float(rater.rate(y)["score"]) for c, y in outs.items()}})
     return rows
 
 

@@ -69,8 +69,8 @@ def type_generators(seed: int) -> dict[str, np.random.Generator]:
 
 def apply_chain(img: np.ndarray, types: Sequence[str], severities: Sequence[int], seed: int,
                 randomise: bool = False) -> np.ndarray:
-    """Apply already validated ``types`` (in the order given, normally ``APPLY_ORDER``) with their ``severities`` to ``img`` (HWC float32);
-    with ``randomise`` the types that have one use their domain-randomised family
+    """Apply already validated ``types`` (in the order given, normally ``APPLY_ORDER``) with their ``severities``
+    to ``img`` (HWC float32); with ``randomise`` the types that have one use their domain-randomised family
     (:mod:`vlmir.degradations.randomised`), from the same per-type generators."""
     from vlmir.degradations import randomised
 
