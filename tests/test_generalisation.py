@@ -337,3 +337,43 @@ def test_guard_choice_and_policy_metrics_on_hand_cases():
     assert verdict(res) == {"passing": ["guard-all@0.1"], "chosen": "guard-all@0.1"}
     worse = dict(g, mean_gain_db=plain["mean_gain_db"] - 0.2)  # more than 0.1 dB lower on randomised
     assert verdict({"randomised": {"plain": plain, "g": worse}, "ours": {"plain": plain, "g": g}})["chosen"] is None
+
+
+# -- wrong-type stress test (benchmarks/restorer_wrong_prior.py) -------------------------------------------------
+
+class _PriorEcho:
+    """A restorer stand-in: blind it returns the clean photo (a perfect restore); with a forced prior type it
+    returns the input unchanged, except that the ``hazy`` prior halves the image (a wrong prior that hurts)."""
+
+    def __init__(self, clean):
+        self.clean = clean
+
+    def restore(self, x, prior_type=None):
+        import torch
+
+        if prior_type is None:
+            for img in self.clean.values():
+                if tuple(img.shape[:2]) == tuple(x.shape[-2:]):
+                    return torch.from_numpy(img).permute(2, 0, 1)[None]
+        return x * 0.5 if prior_type == "hazy" else x
+
+
+def test_wrong_prior_scores_and_rule_on_a_hand_case():
+    from benchmarks.restorer_wrong_prior import score, verdict
+
+    clean, cases = G.build_cases("ours", ["astronaut"], severities=(2,), short_side=48,
+                                 types=("noisy", "hazy"))
+    s = score(_PriorEcho(clean), clean, cases, types=("noisy", "hazy"))
+    assert s["blind"]["clean_psnr_min_db"] == 100.0 and s["blind"]["worst_image_gain_db"] > 0
+    # the only wrong priors: hazy for the noisy image (halved: below its input), noisy for the hazy one (identity)
+    assert s["wrong"]["images"] == 2 and s["wrong"]["worst_image"]["prior"] == "hazy"
+    assert s["wrong"]["worst_image_gain_db"] < -3.0
+    assert s["wrong"]["clean_psnr_min_db"] < 15.0  # a clean photo halved by the hazy prior
+    ship = {e: s for e in ("randomised", "ours")}
+    better = {"blind": dict(s["blind"]), "wrong": dict(s["wrong"], worst_image_gain_db=-1.0)}
+    v = verdict(ship, {"randomised": better, "ours": s})
+    assert v["passes"] and v["wrong_worst_rise_db"]["ours"] == 0.0
+    costly = {"blind": dict(s["blind"], mean_gain_db=s["blind"]["mean_gain_db"] - 0.2), "wrong": better["wrong"]}
+    v = verdict(ship, {"randomised": costly, "ours": better})
+    assert not v["passes"] and v["checks"] == {"wrong_worst_rises": True, "blind_mean_kept": False,
+                                               "blind_worst_kept": True, "clean_kept": True}

@@ -212,6 +212,19 @@ def test_restorer_with_classical_prior_learns_and_trust_mask_works(batch):
     g = torch.Generator().manual_seed(0)
     assert prior_types([["noisy"], [], ["hazy", "rainy"]], ["clear"] * 3, 1.0, g)[:2] == ["noisy", "clear"]
     assert prior_types([["noisy"], ["hazy"]], ["rainy", "snowy"], 0.0, g) == ["rainy", "snowy"]
+    # p_wrong=1: never a true type and never clear, for degraded and clean samples alike
+    names = ["motion-blurry", "hazy", "noisy", "rainy", "clear"]
+    truth = [["noisy"], [], ["hazy", "rainy"]] * 20
+    wrong = prior_types(truth, ["noisy"] * 60, 0.0, g, p_wrong=1.0, names=names)
+    assert all(w not in t and w != "clear" for w, t in zip(wrong, truth, strict=True))
+    assert set(wrong[2::3]) == {"motion-blurry", "noisy"} and len(set(wrong[1::3])) == 4  # uniform over the rest
+    mixed = prior_types(truth, ["clear"] * 60, 0.5, g, p_wrong=0.3, names=names)
+    n_wrong = sum(w not in t and w != "clear" for w, t in zip(mixed, truth, strict=True))
+    assert 5 <= n_wrong <= 35 and mixed.count("clear") >= 5
+    with pytest.raises(ValueError, match="p_wrong"):
+        prior_types(truth, ["clear"] * 60, 0.8, g, p_wrong=0.3, names=names)
+    with pytest.raises(ValueError, match="names"):
+        prior_types(truth, ["clear"] * 60, 0.0, g, p_wrong=0.3)
 
 
 def test_rater_soft_levels_and_loss_decreases(batch):

@@ -13,7 +13,10 @@ With ``model.prior: true`` the restorer also takes the classical baseline's rest
 (:func:`vlmir.models.restorer.classical_prior`) for one type per sample: with probability ``prior_true_p`` a true
 type of the sample (so the network learns what a right prior is worth), otherwise the type the frozen encoder
 predicts from the crop (so it learns to ignore a wrong one, as happens at inference). Clean crops get the
-encoder's prediction too: a wrong prior on a clean crop must be gated off.
+encoder's prediction too: a wrong prior on a clean crop must be gated off. On its training crops the encoder is
+mostly right, so the predicted type teaches little about wrong priors; ``prior_wrong_p`` (default 0) gives that
+share of the samples, clean ones included, the prior of a type they do not have, so that the trust mask learns to
+fall back to the network alone (y = x + R) when the prior is wrong.
 
 ``pixel_loss``: ``"l1"`` (default) or ``"psnr"``, NAFNet's PSNR loss ``(10 / ln 10) * mean_i log(MSE_i)``. The
 PSNR loss weights each crop by the inverse of its error, so the crops that are already nearly right (clean ones,
@@ -32,12 +35,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from vlmir.constants import CLEAR
 from vlmir.models.restorer import ConditionalRestorer, classical_prior
 from vlmir.training.common import (
     Timer,
@@ -69,13 +74,24 @@ def condition(encoder: torch.nn.Module, lq: torch.Tensor, return_pred: bool = Fa
 
 
 def prior_types(true_types: list[list[str]], predicted: list[str], p_true: float,
-                generator: torch.Generator | None = None) -> list[str]:
-    """One prior type per sample: a random true type with probability ``p_true`` (``clear`` for clean samples
-    keeps the prediction), else the encoder's prediction."""
+                generator: torch.Generator | None = None, *, p_wrong: float = 0.0,
+                names: Sequence[str] = ()) -> list[str]:
+    """One prior type per sample. With probability ``p_wrong`` a type drawn uniformly from ``names`` (the prior
+    types, ``clear`` excluded) that is none of the sample's true types: a wrong prior at full strength, which the
+    trust mask must learn to reject (clean samples included). Else, with probability ``p_true``, a random true type
+    (``clear`` for clean samples keeps the prediction); else the encoder's prediction."""
+    if not 0.0 <= p_wrong <= 1.0 or not 0.0 <= p_true <= 1.0 or p_wrong + p_true > 1.0 + 1e-9:
+        raise ValueError(f"need p_wrong, p_true in [0, 1] with p_wrong + p_true <= 1, got {p_wrong!r}, {p_true!r}")
+    pool = [n for n in names if n != CLEAR]
+    if p_wrong > 0 and not pool:
+        raise ValueError("p_wrong > 0 needs the prior type names")
     out = []
     for t, pred in zip(true_types, predicted, strict=True):
         u = torch.rand((), generator=generator).item()
-        if t and u < p_true:
+        wrong = [n for n in pool if n not in t] if u < p_wrong else []
+        if wrong:
+            out.append(wrong[int(torch.randint(len(wrong), (), generator=generator))])
+        elif t and u < p_wrong + p_true:
             out.append(t[int(torch.randint(len(t), (), generator=generator))])
         else:
             out.append(pred)
@@ -87,10 +103,10 @@ PIXEL_LOSSES = ("l1", "psnr")
 
 def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dict, *, gate_weight: float = 0.1,
                     crop: int | None = None, gate_target: str = "degraded", prior_true_p: float = 0.5,
-                    pixel_loss: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
+                    pixel_loss: str = "l1", prior_wrong_p: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's loss: the encoder sees the whole crop, the restorer a centred ``crop`` of it (or all);
-    ``gate_target`` is ``"degraded"`` or ``"optimal"``; ``prior_true_p`` as in the module docstring (only for a
-    restorer built with ``prior=True``); ``pixel_loss`` in :data:`PIXEL_LOSSES` (module docstring)."""
+    ``gate_target`` is ``"degraded"`` or ``"optimal"``; ``prior_true_p`` and ``prior_wrong_p`` as in the module
+    docstring (only for a restorer built with ``prior=True``); ``pixel_loss`` in :data:`PIXEL_LOSSES` (module docstring)."""
     if gate_target not in ("degraded", "optimal"):
         raise ValueError(f"gate_target must be 'degraded' or 'optimal', got {gate_target!r}")
     if pixel_loss not in PIXEL_LOSSES:
@@ -100,7 +116,8 @@ def restorer_losses(model: torch.nn.Module, encoder: torch.nn.Module, batch: dic
     prior = None
     if net.prior:  # the predicted types pick the classical prior (the text tower runs only then)
         cond, pred = condition(encoder, lq, return_pred=True)
-        prior = classical_prior(lq, prior_types(batch["types"], pred, prior_true_p))
+        prior = classical_prior(lq, prior_types(batch["types"], pred, prior_true_p, p_wrong=prior_wrong_p,
+                                                names=encoder.degradation_names))
     else:
         cond = condition(encoder, lq)
     if crop is not None and crop < lq.shape[-1]:
@@ -174,6 +191,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
     gate_weight = float(cfg.get("gate_weight", 0.1))
     gate_target = str(cfg.get("gate_target", "degraded"))
     prior_true_p = float(cfg.get("prior_true_p", 0.5))
+    prior_wrong_p = float(cfg.get("prior_wrong_p", 0.0))
     pixel_loss = str(cfg.get("pixel_loss", "l1"))
     ckpt_path = out_dir / "checkpoint.pt"
     step, spent = (resume_from(ckpt_path, model=model, optimizer=opt, sampler=sampler, log=log)
@@ -193,7 +211,7 @@ def train(cfg: dict[str, Any], out_dir: str | Path, *, resume: bool = False, exp
         batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         loss, logs = restorer_losses(model, encoder, batch, gate_weight=gate_weight, crop=restore_crop,
                                        gate_target=gate_target, prior_true_p=prior_true_p,
-                                       pixel_loss=pixel_loss)
+                                       pixel_loss=pixel_loss, prior_wrong_p=prior_wrong_p)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
