@@ -37,8 +37,14 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.generalisation import SEVERITIES, TYPES, build_cases, photo_names, restorer_metrics  # noqa: E402
-from benchmarks.generalisation import write_json  # noqa: E402
+from benchmarks.generalisation import (  # noqa: E402
+    SEVERITIES,
+    TYPES,
+    build_cases,
+    photo_names,
+    restorer_metrics,
+    write_json,
+)
 
 RULE = {"wrong_worst_gain_db": 1.0, "mean_slack_randomised_db": 0.1, "mean_slack_ours_db": 0.3,
         "worst_slack_db": 0.3, "clean_min_db": 33.0}
