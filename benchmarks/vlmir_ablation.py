@@ -137,7 +137,7 @@ def write_results(runs: list[dict[str, Any]], out: Path, *, limit: int | None, s
     return folders
 
 
-def score_setting(dataset: Path, out: Path, variants: list[str], metrics: str) -> "Any":
+def score_setting(dataset: Path, out: Path, variants: list[str], metrics: str) -> Any:
     """Score one setting's results with ``eval.run`` and write its tables under ``out`` with the variants' names
     (folders are :func:`folder_name`)."""
     import eval as ev
