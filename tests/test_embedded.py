@@ -223,6 +223,24 @@ def test_shipped_restorer_improves_psnr_and_keeps_clean():
     assert _psnr(r.restore(clean), clean) > 35.0  # the issue's bar for leaving clean inputs alone
 
 
+@needs_restorer
+def test_shipped_restorer_rejects_a_wrong_prior_on_a_clean_photo():
+    """Trained against wrong priors (``prior_wrong_p``), the trust mask leaves out a classical prior that does
+    not fit: given a clean training photo with the hazy or the low-light prior, the output stays close to the
+    photo, although the prior alone moves it far away (17-44 dB; the release before this training gave 37-55 dB)."""
+    from vlmir.models.classical import restore_array
+    from vlmir.training.photos import photo_image
+
+    r = build_restorer()
+    for name in ("astronaut", "china"):
+        img = photo_image(name, 192)
+        clean = _t(img)
+        for t in ("hazy", "low-light"):
+            prior = _psnr(_t(restore_array(img, t)), clean)
+            out = _psnr(r.restore(clean, prior_type=t), clean)
+            assert out > 45.0 and out > prior + 10.0, (name, t, prior, out)
+
+
 @needs_rater
 def test_shipped_rater_orders_clean_above_severe():
     from vlmir.degradations import degrade
