@@ -80,6 +80,13 @@ def score(restorer: Any, clean: dict[str, np.ndarray], cases: list[dict[str, Any
         clean_wrong.extend(psnr(restorer.restore(x, prior_type=w), x) for w in types)
     b, wr = restorer_metrics(blind, clean_blind), restorer_metrics(wrong, clean_wrong)
     worst = min(wrong, key=lambda r: r["psnr_out"] - r["psnr_in"])
+    # which wrong prior costs most: per forced type, the mean and the worst gain over the images it was forced on
+    per_prior = {}
+    for w in types:
+        gains = [r["psnr_out"] - r["psnr_in"] for r in wrong if r["prior"] == w]
+        if gains:
+            per_prior[w] = {"mean_gain_db": float(np.mean(gains)), "worst_image_gain_db": float(min(gains)),
+                            "images": len(gains)}
     return {"blind": {"mean_gain_db": b["mean_gain_db"], "worst_image_gain_db": b["worst_image_gain_db"],
                       "worst_image": b["worst_image"], "clean_psnr_mean_db": b["clean_psnr_db"],
                       "clean_psnr_min_db": b["clean_psnr_min_db"],
@@ -87,7 +94,7 @@ def score(restorer: Any, clean: dict[str, np.ndarray], cases: list[dict[str, Any
             "wrong": {"mean_gain_db": wr["mean_gain_db"], "worst_image_gain_db": wr["worst_image_gain_db"],
                       "worst_image": {k: worst[k] for k in ("photo", "type", "severity", "prior")},
                       "clean_psnr_mean_db": wr["clean_psnr_db"], "clean_psnr_min_db": wr["clean_psnr_min_db"],
-                      "images": len(wrong)}}
+                      "images": len(wrong), "per_prior": per_prior}}
 
 
 def verdict(shipped: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['blind']['worst_image_gain_db']:+.2f}, clean min {s['blind']['clean_psnr_min_db']:.1f} | "
                   f"wrong prior {s['wrong']['mean_gain_db']:+.2f} dB, worst {s['wrong']['worst_image_gain_db']:+.2f}"
                   f" ({s['wrong']['worst_image']}), clean min {s['wrong']['clean_psnr_min_db']:.1f}", flush=True)
+            print("  per wrong prior (mean / worst dB): " + ", ".join(
+                f"{w} {v['mean_gain_db']:+.2f} / {v['worst_image_gain_db']:+.2f}"
+                for w, v in s["wrong"]["per_prior"].items()), flush=True)
     out: dict[str, Any] = {"split": args.split, "photos": list(photos), "rule": RULE, "results": res,
                            "seconds": round(time.perf_counter() - t0, 1)}
     if args.candidate and {"randomised", "ours"} <= set(args.engines) and args.split == "select":

@@ -369,6 +369,10 @@ def test_wrong_prior_scores_and_rule_on_a_hand_case():
     assert s["wrong"]["images"] == 2 and s["wrong"]["worst_image"]["prior"] == "hazy"
     assert s["wrong"]["worst_image_gain_db"] < -3.0
     assert s["wrong"]["clean_psnr_min_db"] < 15.0  # a clean photo halved by the hazy prior
+    pp = s["wrong"]["per_prior"]
+    assert set(pp) == {"noisy", "hazy"} and pp["hazy"]["images"] == pp["noisy"]["images"] == 1
+    assert pp["hazy"]["worst_image_gain_db"] == s["wrong"]["worst_image_gain_db"] < pp["noisy"]["mean_gain_db"]
+    assert abs(pp["noisy"]["mean_gain_db"]) < 1e-6  # the noisy prior echoes the hazy image: no change
     ship = {e: s for e in ("randomised", "ours")}
     better = {"blind": dict(s["blind"]), "wrong": dict(s["wrong"], worst_image_gain_db=-1.0)}
     v = verdict(ship, {"randomised": better, "ours": s})
