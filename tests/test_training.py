@@ -561,6 +561,26 @@ def test_shipped_configs_parse(tmp_path):
                 DegradationAwareEncoder(**stage["model"])
 
 
+
+def test_restorer_recipe_stages_load_the_stage_before(tmp_path):
+    """Each stage of the restorer recipe builds a network that its ``init_from`` stage's network loads into (with
+    the stage's ``init_skip``), as :func:`~vlmir.training.common.init_from` checks when the stage starts: a stage
+    whose model block lost a key of the one before (``gate: false``, say) fails here, not an hour into the run."""
+    import logging
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from vlmir.training.common import init_from
+    from vlmir.training.pipeline import expand_stages
+
+    root = Path(__file__).resolve().parent.parent / "vlmir" / "training" / "configs"
+    stages = expand_stages(load_config(root / "restorer.json"), tmp_path)
+    for (_, before), (name, stage) in zip(stages, stages[1:], strict=False):
+        src = tmp_path / f"{name}-init.safetensors"
+        save_file(ConditionalRestorer(**before["model"]).state_dict(), str(src))
+        init_from(ConditionalRestorer(**stage["model"]), {**stage, "init_from": str(src)}, logging.getLogger(name))
+
 def test_model_card_states_data_command_and_numbers(tmp_path):
     from vlmir.training.card import write_card
     from vlmir.training.common import export_weights
