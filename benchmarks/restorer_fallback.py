@@ -37,7 +37,15 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.generalisation import CLEAR, SEVERITIES, TYPES, build_cases, case_seed, photo_names, restorer_metrics  # noqa: E402
+from benchmarks.generalisation import (  # noqa: E402
+    CLEAR,
+    SEVERITIES,
+    TYPES,
+    build_cases,
+    case_seed,
+    photo_names,
+    restorer_metrics,
+)
 
 # the grid --choose searches (hard choice = soft_min 1, lo = hi = 0)
 SOFT_MIN = (1.0, 0.45, 0.35, 0.25)
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(pol) != 3:
             ap.error(f"--policy needs three numbers soft_min,lo,hi, got {args.policy!r}")
         recs = record(restorer, "independent", "report", args.limit, log)
-        result = {"split": "report", "engine": "independent", "policy": dict(zip(("soft_min", "lo", "hi"), pol, strict=True))}
+        policy = dict(zip(("soft_min", "lo", "hi"), pol, strict=True))
+        result = {"split": "report", "engine": "independent", "policy": policy}
         for name, p in (("hard", (1.0, 0.0, 0.0)), ("fallback", pol)):
             m = score(recs, *p)
             result[name] = _summary(m) | {"images": m["images"]}
